@@ -1,0 +1,3 @@
+from dynamic_sessions_mcp.cli import main
+
+main()
