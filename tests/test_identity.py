@@ -7,7 +7,13 @@ import re
 import anyio
 import pytest
 
-from dynamic_sessions_mcp.identity import InvalidHandle, SandboxLocks, SandboxTracker, SessionBusy, SessionIdentity
+from dynamic_sessions_mcp.identity import (
+    InvalidHandle,
+    SandboxLocks,
+    SandboxTracker,
+    SessionBusy,
+    SessionIdentity,
+)
 
 pytestmark = pytest.mark.anyio
 IDENTIFIER = re.compile(r"^[a-z0-9-]{4,128}$")
@@ -29,7 +35,9 @@ def test_identifier_depends_on_caller_handle_and_secret() -> None:
     assert a.pool_identifier("alice", handle) != b.pool_identifier("alice", handle)
 
 
-@pytest.mark.parametrize("bad", ["", "h-", "x" * 26, "h-aaaaaaaaaaaaaaaaaaaaaaaa", "h-AAAAAAAAAAAAAAAA12345678"])
+@pytest.mark.parametrize(
+    "bad", ["", "h-", "x" * 26, "h-aaaaaaaaaaaaaaaaaaaaaaaa", "h-AAAAAAAAAAAAAAAA12345678"]
+)
 def test_handles_not_minted_here_are_refused(bad: str) -> None:
     with pytest.raises(InvalidHandle):
         SessionIdentity(b"k" * 32).check_handle(bad)

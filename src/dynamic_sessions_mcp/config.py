@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dynamic_sessions_mcp.pools.base import PoolType
 
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     # --- HTTP transport -------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stateless_http: bool = False
 
     # --- the embedded local pool ----------------------------------------------------------
@@ -64,3 +65,11 @@ class Settings(BaseSettings):
     local_unsafe_no_sandbox: bool = False
 
     log_level: str = "INFO"
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """Accept the env form `a.example.com,b.example.com`."""
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value

@@ -68,7 +68,8 @@ def _description(tool: str, pool_type: PoolType) -> str:
         "run_python": (
             "Run Python code in the session's sandbox (cwd /mnt/data). "
             + (
-                "A stateful IPython kernel: variables and imports persist between calls; the value of the "
+                "This is a Python pool: a stateful IPython kernel per session; variables and imports "
+                "persist between calls; the value of the "
                 "last expression is returned as `result`, and displayed figures come back as images."
                 if python
                 else "This is a Shell pool: each call is a fresh `python3` process, so only files persist."
@@ -78,9 +79,9 @@ def _description(tool: str, pool_type: PoolType) -> str:
             "Run a bash command line in the session's sandbox, in /mnt/data; returns the exit code, stdout "
             "and stderr. "
             + (
-                "Runs through a subprocess of the session's Python kernel."
+                "This is a Python pool: the command runs through a subprocess of the session's kernel."
                 if python
-                else "Each call is a fresh bash process: only files persist."
+                else "This is a Shell pool: each call is a fresh bash process; only files persist."
             )
         ),
         "upload_file": "Write a file into the session's /mnt/data (text, or base64 for binary). Overwrites.",

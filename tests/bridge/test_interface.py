@@ -77,5 +77,5 @@ async def test_schemas_are_flat_and_annotations_honest(bridge: MCPServer) -> Non
 
 async def test_instructions_explain_handles(bridge: MCPServer) -> None:
     async with Client(bridge, mode="legacy") as client:
-        instructions = client.initialize_result.instructions if client.initialize_result else ""
+        instructions = client.instructions
     assert instructions and "session" in instructions and "python session pool" in instructions
