@@ -265,22 +265,34 @@ class PythonKernel:
         client.load_connection_file(str(self._conn_dir / "kernel.json"))
         client.start_channels()
         self._client = client
-        ready = asyncio.ensure_future(client.wait_for_ready(timeout=_START_TIMEOUT_S))
-        died = asyncio.ensure_future(self._proc.process.wait())
-        try:
-            await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            ready.cancel()
-            raise
-        finally:
-            died.cancel()
-        if not ready.done():
-            ready.cancel()
-            raise KernelStartError(f"kernel exited during start: {self._log_tail()}")
-        try:
-            ready.result()
-        except RuntimeError as exc:
-            raise KernelStartError(f"kernel did not become ready: {exc}; {self._log_tail()}") from exc
+        await self._wait_ready(client)
+
+    async def _wait_ready(self, client: AsyncKernelClient) -> None:
+        """Ask for kernel_info until it answers and IOPub delivers, watching the process itself.
+
+        jupyter_client's wait_for_ready judges liveness by heartbeats, which a kernel still
+        starting on a busy machine can miss: it then reports a live kernel as dead.
+        """
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            if not self._proc.alive:
+                raise KernelStartError(f"kernel exited during start: {self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise KernelStartError(
+                    f"kernel did not answer within {_START_TIMEOUT_S:g} s: {self._log_tail()}"
+                )
+            client.kernel_info()
+            try:
+                reply = await client.get_shell_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if reply.get("msg_type") != "kernel_info_reply":
+                continue
+            try:  # IOPub is subscribed once it delivers the status of that request
+                await client.get_iopub_msg(timeout=0.5)
+            except queue.Empty:
+                continue
+            return
 
     def _log_tail(self) -> str:
         try:
