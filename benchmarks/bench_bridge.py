@@ -45,11 +45,13 @@ def serve(transport: str, port: int) -> None:
     """Run the bridge with an extra no-op tool (the protocol floor on the same server)."""
     import uvicorn
 
+    from dynamic_sessions_mcp.cli import configure_logging
     from dynamic_sessions_mcp.config import Settings
     from dynamic_sessions_mcp.http_app import mcp_http_app
     from dynamic_sessions_mcp.server import PoolTarget, open_bridge
 
     settings = Settings()
+    configure_logging(settings.log_level)
 
     async def main() -> None:
         async with open_bridge(settings, PoolTarget.from_settings(settings)) as mcp:

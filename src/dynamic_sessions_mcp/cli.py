@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 import uvicorn
-from mcp.server import MCPServer
 from pydantic import ValidationError
 
-from dynamic_sessions_mcp import __version__
+from dynamic_sessions_mcp import __version__, stdio
 from dynamic_sessions_mcp.config import DEFAULT_API_VERSION, PoolAuth, Settings
 from dynamic_sessions_mcp.http_app import create_bridge_app, is_loopback
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig, LocalPoolType
@@ -29,7 +27,8 @@ class StartupError(Exception):
     """A problem the user must fix before the server can start; str() says how."""
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
+    """Everything to stderr (stdout is the stdio transport); quiet per-request library logs."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -76,21 +75,6 @@ async def embedded_pool(settings: Settings) -> AsyncIterator[PoolTarget]:
         )
 
 
-async def _run_stdio(mcp: MCPServer) -> None:
-    """stdio until stdin closes or SIGTERM/SIGINT arrives; either way the lifespan cleanup runs."""
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(stop_on_signal)
-        await mcp.run_stdio_async()
-        tg.cancel_scope.cancel()
-
-
 @asynccontextmanager
 async def pool_target(settings: Settings) -> AsyncIterator[PoolTarget]:
     """The configured pool, or the embedded local pool when none is configured."""
@@ -103,7 +87,7 @@ async def pool_target(settings: Settings) -> AsyncIterator[PoolTarget]:
 
 async def serve_stdio(settings: Settings) -> None:
     async with pool_target(settings) as target, open_bridge(settings, target) as mcp:
-        await _run_stdio(mcp)
+        await stdio.serve_stdio(mcp)
 
 
 async def serve_http(settings: Settings, host: str, port: int) -> None:
@@ -148,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"dynamic-sessions-mcp: invalid configuration:\n{exc}")
     args = _parser(settings).parse_args(argv)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     try:
         if args.command == "local-pool":
             if args.pool_type:
