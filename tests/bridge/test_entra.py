@@ -49,16 +49,18 @@ async def test_100_concurrent_tool_calls_fetch_one_token(python_pool: PoolServer
     credential = CountingCredential(3600)
     settings = bridge_settings(python_pool)
     auth = EntraTokenAuth(credential)
-    async with open_bridge(settings, PoolTarget.from_settings(settings), pool_auth=auth) as mcp:
-        async with Client(mcp) as client:
-            results: list[bool] = []
+    results: list[bool] = []
+    async with (
+        open_bridge(settings, PoolTarget.from_settings(settings), pool_auth=auth) as mcp,
+        Client(mcp) as client,
+    ):
 
-            async def call() -> None:
-                results.append(not (await client.call_tool("list_files", {})).is_error)
+        async def call() -> None:
+            results.append(not (await client.call_tool("list_files", {})).is_error)
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(100):
-                    tg.start_soon(call)
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(call)
     assert results == [True] * 100
     assert credential.calls == 1
     assert credential.scopes == {("https://dynamicsessions.io/.default",)}
@@ -67,13 +69,15 @@ async def test_100_concurrent_tool_calls_fetch_one_token(python_pool: PoolServer
 async def test_a_token_close_to_expiry_is_refreshed_before_use(python_pool: PoolServer) -> None:
     credential = CountingCredential(120, 3600)  # the first expires inside the 5-minute margin
     settings = bridge_settings(python_pool)
-    async with open_bridge(
-        settings, PoolTarget.from_settings(settings), pool_auth=EntraTokenAuth(credential)
-    ) as mcp:
-        async with Client(mcp) as client:
-            ok(await client.call_tool("run_python", {"code": "1"}))
-            assert credential.calls == 1
-            ok(await client.call_tool("run_python", {"code": "2"}))
-            assert credential.calls == 2
-            ok(await client.call_tool("run_python", {"code": "3"}))
-            assert credential.calls == 2
+    async with (
+        open_bridge(
+            settings, PoolTarget.from_settings(settings), pool_auth=EntraTokenAuth(credential)
+        ) as mcp,
+        Client(mcp) as client,
+    ):
+        ok(await client.call_tool("run_python", {"code": "1"}))
+        assert credential.calls == 1
+        ok(await client.call_tool("run_python", {"code": "2"}))
+        assert credential.calls == 2
+        ok(await client.call_tool("run_python", {"code": "3"}))
+        assert credential.calls == 2
