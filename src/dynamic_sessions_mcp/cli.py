@@ -1,4 +1,4 @@
-"""Entry point: serve the bridge (stdio | http) or run the local pool on its own."""
+"""Entry point: serve the bridge (stdio | http), run the local pool on its own, or check the setup."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import uvicorn
 from pydantic import ValidationError
 
 from dynamic_sessions_mcp import __version__, stdio
-from dynamic_sessions_mcp.config import DEFAULT_API_VERSION, PoolAuth, Settings
+from dynamic_sessions_mcp.config import DEFAULT_API_VERSION, InboundAuth, PoolAuth, Settings
+from dynamic_sessions_mcp.doctor import run_doctor
 from dynamic_sessions_mcp.http_app import create_bridge_app, is_loopback
+from dynamic_sessions_mcp.inbound_auth import AuthConfigError
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig, LocalPoolType
+from dynamic_sessions_mcp.logs import configure_logging
 from dynamic_sessions_mcp.pools.base import PoolError, PoolType
 from dynamic_sessions_mcp.server import PoolTarget, open_bridge
 
@@ -25,17 +28,6 @@ logger = logging.getLogger("dynamic_sessions_mcp")
 
 class StartupError(Exception):
     """A problem the user must fix before the server can start; str() says how."""
-
-
-def configure_logging(level: str) -> None:
-    """Everything to stderr (stdout is the stdio transport); quiet per-request library logs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "mcp.server.lowlevel.server"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _local_pool_config(settings: Settings, token: str | None) -> LocalPoolConfig:
@@ -91,10 +83,11 @@ async def serve_stdio(settings: Settings) -> None:
 
 
 async def serve_http(settings: Settings, host: str, port: int) -> None:
-    if not is_loopback(host):
+    if not is_loopback(host) and settings.auth is InboundAuth.NONE:
         raise StartupError(
-            f"refusing to serve on non-loopback address {host}: inbound authentication is not available yet, "
-            "so the server only binds loopback (127.0.0.1); put an authenticating reverse proxy in front"
+            f"refusing to serve on non-loopback address {host} without inbound authentication: set "
+            "DSMCP_AUTH=api-key (with DSMCP_API_KEYS or DSMCP_API_KEYS_FILE) or DSMCP_AUTH=entra "
+            "(with DSMCP_ENTRA_TENANT_ID and DSMCP_ENTRA_AUDIENCE), or bind 127.0.0.1"
         )
     app = create_bridge_app(settings, lambda: pool_target(settings))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
@@ -123,6 +116,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     pool.add_argument("--port", dest="port", type=int, default=8081)
     pool.add_argument("--pool-type", choices=[t.value for t in PoolType], default=None)
     pool.add_argument("--token", default=None, help="bearer token clients must send (default: any)")
+    sub.add_parser("doctor", help="check the configuration, the pool credential and a probe execution")
     return parser
 
 
@@ -132,17 +126,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"dynamic-sessions-mcp: invalid configuration:\n{exc}")
     args = _parser(settings).parse_args(argv)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "local-pool":
             if args.pool_type:
                 settings = settings.model_copy(update={"local_pool_type": PoolType(args.pool_type)})
             anyio.run(serve_local_pool, settings, args)
+        elif args.command == "doctor":
+            # The report goes to stderr, like everything else this program writes outside the protocol;
+            # INFO logs would interleave with it.
+            if settings.log_level.upper() != "DEBUG":
+                logging.getLogger().setLevel(logging.WARNING)
+            if not anyio.run(run_doctor, settings, args.host, lambda: pool_target(settings), sys.stderr):
+                sys.exit(1)
         elif args.transport == "stdio":
             anyio.run(serve_stdio, settings)
         else:
             anyio.run(serve_http, settings, args.host, args.port)
-    except (StartupError, PoolError) as exc:
+    except (StartupError, PoolError, AuthConfigError) as exc:
         sys.exit(f"dynamic-sessions-mcp: {exc}")
     except KeyboardInterrupt:
         pass
