@@ -17,6 +17,8 @@ class LocalPoolConfig:
     pool_type: LocalPoolType = LocalPoolType.PYTHON
     # Bearer token required on every request; None accepts any non-empty bearer (as a dev emulator).
     token: str | None = None
+    # Serve the emulated built-in MCP endpoint at /mcp, checking this key in `x-ms-apikey`; None = off.
+    mcp_api_key: str | None = None
     max_sessions: int = 20
     cooldown_s: float = 300.0
     warm_sessions: int = 2  # pre-started sandboxes waiting for a new identifier
@@ -30,3 +32,6 @@ class LocalPoolConfig:
     data_dir: Path | None = None
     # Development only: run sessions without isolation (loud warning at start).
     unsafe_no_sandbox: bool = False
+    # Isolation tier: "auto" (bubblewrap, falling back to Landlock where namespaces are blocked),
+    # "bubblewrap", "landlock" (force tier B) or "none" (same as unsafe_no_sandbox).
+    isolation: str = "auto"

@@ -1,9 +1,12 @@
 """One sandboxed IPython kernel per session, driven over jupyter's ipc transport.
 
-The kernel runs inside its own bwrap sandbox (empty netns), so it talks over Unix sockets in a
-connection dir bound into the sandbox, and is interrupted with `interrupt_request` messages because
-signals cannot reach it across `--new-session`. Everything the kernel sends is untrusted: sandboxed
-code knows the HMAC key, so outputs are size-capped and validated, never trusted for control flow.
+The kernel runs inside its own sandbox (tier A: bwrap with an empty netns; tier B: Landlock with
+inet sockets denied), so it talks over Unix sockets in a connection dir bound into (or allowed to)
+the sandbox, and is interrupted with `interrupt_request` messages because signals cannot reach it
+across `--new-session`. Code should use paths relative to its working directory, the session
+directory: that is /mnt/data in tier A but the host path of the session directory in tier B.
+Everything the kernel sends is untrusted: sandboxed code knows the HMAC key, so outputs are
+size-capped and validated, never trusted for control flow.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,7 +32,7 @@ import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
-from dynamic_sessions_mcp.local_pool.sandbox import Sandbox, SandboxProcess
+from dynamic_sessions_mcp.local_pool.sandbox import Sandbox, SandboxProcess, Tier
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ def __dsmcp_setup():
 __dsmcp_setup()
 del __dsmcp_setup
 """
+# Tier B has no pty devices (they would expose the host's terminals), so `!cmd` runs without one.
+_NO_PTY_SETUP = "get_ipython().system = get_ipython().system_raw"
 
 _context: zmq.asyncio.Context | None = None
 
@@ -251,7 +257,8 @@ class PythonKernel:
         kernel = cls(sandbox, session_dir, sandbox_id, conn_dir, proc, log)
         try:
             await kernel._connect()
-            for code in (_SETUP_CODE, "1"):
+            setup = [_SETUP_CODE, _NO_PTY_SETUP] if sandbox.tier is Tier.LANDLOCK else [_SETUP_CODE]
+            for code in (*setup, "1"):
                 outcome = await kernel.execute(code, _START_TIMEOUT_S, store_history=False)
                 if outcome.status != "ok":
                     raise KernelStartError(f"kernel warm-up failed: {outcome.message or outcome.stderr}")
@@ -323,6 +330,7 @@ class PythonKernel:
         if not self.alive or self._client is None:
             return collected.outcome("died", started, "the kernel is not running; start a new session")
         client = self._client
+        await self.sandbox.hand_over(self.session_dir)
         msg_id = client.execute(code, store_history=store_history, allow_stdin=False)
         deadline = started + timeout_s
         interrupted_at: float | None = None
@@ -390,11 +398,14 @@ class PythonKernel:
         await self.shutdown()
         if stopped:
             return "the session was stopped while the code was running"
-        if oom or code == 137:  # bwrap reports a SIGKILLed child (the OOM killer) as 128 + 9
+        if oom:
             return (
                 f"the kernel was killed (out of memory, limit {self.sandbox.limits.memory_mb} MB); "
                 "the session's state is lost"
             )
+        if code in (137, -signal.SIGKILL):  # bwrap reports a SIGKILLed child as 128 + 9
+            cause = "by a signal" if self._proc.cgroup.memory_limited else "possibly out of memory"
+            return f"the kernel was killed ({cause}); the session's state is lost"
         return f"the kernel process exited (code {code}); the session's state is lost"
 
     async def shutdown(self) -> None:

@@ -1,8 +1,14 @@
-"""Isolation for the local pool: a bubblewrap profile plus cgroup and rlimit resource limits.
+"""Isolation for the local pool: one of three tiers, plus cgroup and rlimit resource limits.
 
-Every sandboxed process sees only /usr, the Python runtime (read-only), a private /tmp and its
-session directory at /mnt/data, with an empty network namespace and a non-root uid. See
-shared/reference/local-sandbox.md §7 for the measurements behind each flag.
+- **bubblewrap** (tier A): each sandboxed process sees only /usr, the Python runtime (read-only),
+  a private /tmp and its session directory at /mnt/data, with an empty network namespace, a
+  non-root uid and the seccomp filter of `seccomp.py`. See shared/reference/local-sandbox.md §7.
+- **landlock** (tier B, no namespaces): see `confinement.py`. The session directory is the
+  working directory at its host path; `/mnt/data` does not exist, so code uses relative paths.
+- **none** (tier C): explicit opt-in only; rlimits, cgroups and timeouts, nothing else.
+
+The tier is chosen once by `self_test` (from the `isolation` setting: auto, bubblewrap, landlock
+or none) and reported by `isolation`.
 """
 
 from __future__ import annotations
@@ -14,18 +20,33 @@ import logging
 import math
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynamic_sessions_mcp.local_pool import confinement, landlock, seccomp
+from dynamic_sessions_mcp.local_pool.cgroups import Cgroup, CgroupLayout
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig
+from dynamic_sessions_mcp.local_pool.tiers import (
+    ISOLATION_CHOICES,
+    OPT_OUT,
+    NamespacesUnavailable,
+    SandboxUnavailable,
+    Tier,
+    bwrap_missing,
+    explain_bwrap_failure,
+    explain_landlock_failure,
+)
+
+__all__ = ["Limits", "Sandbox", "SandboxProcess", "SandboxUnavailable", "Tier"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +54,17 @@ SANDBOX_DATA_DIR = "/mnt/data"
 SANDBOX_UID = 1000
 _SANDBOX_TMP = "/tmp"  # noqa: S108 - the sandbox's private tmpfs, not the host's /tmp
 _SANDBOX_MPL = f"{_SANDBOX_TMP}/mpl"
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-_CGROUP_PARENT = "dsmcp"
 _PASSWD = f"user:x:{SANDBOX_UID}:{SANDBOX_UID}:user:/tmp:/bin/bash\n".encode()
 _GROUP = f"user:x:{SANDBOX_UID}:\n".encode()
 _HOSTS = b"127.0.0.1 localhost sandbox\n::1 localhost\n"
 _SELF_TEST_TIMEOUT_S = 20.0
-
-
-class SandboxUnavailable(Exception):
-    """bubblewrap cannot run here; the message says how to fix it or how to opt out."""
+_KILL_WAIT_S = 5.0
+# Tier B's self-test: Python starts under the confinement, and Landlock really denies a file
+# outside the allowlist (exit 0 only if the read is refused).
+_LANDLOCK_PROBE = (
+    "import sys\ntry:\n    open(sys.argv[1]).read()\nexcept PermissionError:\n    sys.exit(0)\n"
+    "sys.exit('a file outside the allowlist was readable')"
+)
 
 
 @dataclass(frozen=True)
@@ -70,180 +92,36 @@ class Limits:
         return max(1, math.ceil(self.cpus))
 
 
-# --------------------------------------------------------------------------- cgroups
-
-
-@dataclass(frozen=True)
-class _CgroupLayout:
-    """Where each controller lives on this host: v1 per-controller mounts and/or a v2 mount."""
-
-    v1: Mapping[str, Path]  # controller -> mount point (memory, pids, cpu)
-    v2: Path | None  # cgroup2 mount (unified), used for cgroup.kill and v2 controllers
-
-    @classmethod
-    def detect(cls) -> _CgroupLayout:
-        v1: dict[str, Path] = {}
-        v2: Path | None = None
-        try:
-            mounts = Path("/proc/self/mounts").read_text()
-        except OSError:
-            return cls({}, None)
-        for line in mounts.splitlines():
-            parts = line.split()
-            if len(parts) < 4:
-                continue
-            mount_point, fstype, options = Path(parts[1]), parts[2], parts[3].split(",")
-            if fstype == "cgroup2" and v2 is None:
-                v2 = mount_point
-            elif fstype == "cgroup":
-                for ctrl in ("memory", "pids", "cpu"):
-                    if ctrl in options:
-                        v1.setdefault(ctrl, mount_point)
-        return cls(v1, v2)
-
-
-def _write(path: Path, value: str) -> bool:
-    try:
-        path.write_text(value)
-    except OSError as exc:
-        logger.debug("cgroup write %s=%s failed: %s", path, value, exc)
-        return False
-    return True
-
-
-@dataclass
-class Cgroup:
-    """The cgroup directories of one sandbox; every operation is best effort and never raises."""
-
-    dirs: list[Path] = field(default_factory=list)
-    memory_dir: Path | None = None  # where the memory limit applied (for the OOM counter)
-    kill_file: Path | None = None  # cgroup.kill of a v2 dir, when the kernel has it
-
-    @property
-    def memory_limited(self) -> bool:
-        return self.memory_dir is not None
-
-    @property
-    def procs_files(self) -> list[Path]:
-        return [d / "cgroup.procs" for d in self.dirs]
-
-    @classmethod
-    def create(cls, layout: _CgroupLayout, name: str, limits: Limits) -> Cgroup:
-        cg = cls()
-        memory = str(limits.memory_mb * 1024 * 1024)
-        quota = max(1000, int(limits.cpus * 100_000))
-        v1_writes = {
-            "memory": [("memory.limit_in_bytes", memory)],
-            "pids": [("pids.max", str(limits.pids_max))],
-            "cpu": [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", str(quota))],
-        }
-        for ctrl, mount in layout.v1.items():
-            d = cg._mkdir(mount / _CGROUP_PARENT / name)
-            if d is not None and all(_write(d / f, v) for f, v in v1_writes[ctrl]) and ctrl == "memory":
-                cg.memory_dir = d
-        if layout.v2 is not None:
-            cg._create_v2(layout.v2, name, limits, memory, quota, set(layout.v1))
-        return cg
-
-    def _create_v2(
-        self, mount: Path, name: str, limits: Limits, memory: str, quota: int, v1_ctrls: set[str]
-    ) -> None:
-        parent = mount / _CGROUP_PARENT
-        try:
-            available = set((mount / "cgroup.controllers").read_text().split())
-        except OSError:
-            available = set()
-        wanted = sorted(({"memory", "pids", "cpu"} & available) - v1_ctrls)
-        if self._mkdir(parent) is None:
-            return
-        for ctrl in wanted:
-            # Enable the controller down the two levels; failure just means no such v2 limit.
-            _write(mount / "cgroup.subtree_control", f"+{ctrl}")
-            _write(parent / "cgroup.subtree_control", f"+{ctrl}")
-        d = self._mkdir(parent / name)
-        if d is None:
-            return
-        if (d / "cgroup.kill").exists():
-            self.kill_file = d / "cgroup.kill"
-        if "memory" in wanted and _write(d / "memory.max", memory):
-            _write(d / "memory.swap.max", "0")
-            self.memory_dir = d
-        if "pids" in wanted:
-            _write(d / "pids.max", str(limits.pids_max))
-        if "cpu" in wanted:
-            _write(d / "cpu.max", f"{quota} 100000")
-
-    def _mkdir(self, path: Path) -> Path | None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            logger.debug("cgroup mkdir %s failed: %s", path, exc)
-            return None
-        if path.name != _CGROUP_PARENT:
-            self.dirs.append(path)
-        return path
-
-    def oom_kills(self) -> int:
-        """How many times the OOM killer fired in this sandbox's memory cgroup."""
-        if self.memory_dir is None:
-            return 0
-        for name in ("memory.events", "memory.oom_control"):
-            try:
-                text = (self.memory_dir / name).read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip().isdigit():
-                    return int(value)
-        return 0
-
-    def kill(self) -> None:
-        if self.kill_file is not None:
-            _write(self.kill_file, "1")
-
-    async def remove(self) -> None:
-        """rmdir every dir; a cgroup can only go once its processes have exited, so retry briefly."""
-        for _ in range(20):
-            remaining = []
-            for d in self.dirs:
-                try:
-                    d.rmdir()
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    remaining.append(d)
-            self.dirs = remaining
-            if not remaining:
-                return
-            await asyncio.sleep(0.05)
-        logger.debug("cgroup dirs left behind: %s", self.dirs)
-
-
-# --------------------------------------------------------------------------- processes
-
-
 @dataclass
 class SandboxProcess:
     """A running sandboxed process tree and the cgroup holding it."""
 
     process: asyncio.subprocess.Process
     cgroup: Cgroup
+    # Without a PID namespace (tiers B and C): the uid whose processes in this sandbox's session
+    # are killed with it, and the private dir removed after it.
+    session_uid: int | None = None
+    private_dir: Path | None = None
 
     @property
     def alive(self) -> bool:
         return self.process.returncode is None
 
     async def kill(self) -> None:
-        """Kill the whole tree: cgroup.kill when available, and SIGKILL of bwrap (whose
-        --die-with-parent and PID namespace take every descendant down). Never hangs."""
+        """Kill the whole tree: cgroup.kill when available; SIGKILL of the leader (bwrap, whose
+        --die-with-parent and PID namespace take every descendant down); without namespaces,
+        every process of its session. Never hangs."""
         self.cgroup.kill()
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGKILL)
+        if self.session_uid is not None:
+            await asyncio.to_thread(confinement.kill_session, self.process.pid, self.session_uid)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), timeout=5.0)
+            await asyncio.wait_for(self.process.wait(), timeout=_KILL_WAIT_S)
         await self.cgroup.remove()
+        if self.private_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.private_dir, True)
 
 
 def _data_fd(content: bytes) -> int:
@@ -266,31 +144,67 @@ def _runtime_prefixes() -> list[str]:
     return prefixes
 
 
+@dataclass
+class _Launch:
+    """How to start one command in the chosen tier."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None = None
+    fds: list[int] = field(default_factory=list)
+    confine: confinement.Confinement | None = None
+    session_uid: int | None = None
+    private_dir: Path | None = None
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        if self.confine is not None:
+            self.confine.close()
+
+
 class Sandbox:
-    """Launches processes for one pool, each confined to its session directory (seen inside as /mnt/data)."""
+    """Launches processes for one pool, each confined to its session directory."""
 
     def __init__(
         self,
         limits: Limits,
         *,
+        isolation: str = "auto",
         unsafe_no_sandbox: bool = False,
         bwrap_path: str | None = None,
         mpl_cache_dir: Path | None = None,
+        use_cgroups: bool = True,
     ) -> None:
+        """`use_cgroups=False` applies rlimits only, as on hosts whose cgroups are not writable."""
+        if isolation not in ISOLATION_CHOICES:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATION_CHOICES)}, not {isolation!r}")
         self.limits = limits
-        self.unsafe_no_sandbox = unsafe_no_sandbox
+        self.requested = "none" if unsafe_no_sandbox else isolation
+        self.unsafe_no_sandbox = self.requested == "none"
+        self._tier: Tier | None = None
         self._bwrap = bwrap_path if bwrap_path is not None else (shutil.which("bwrap") or "bwrap")
-        self._layout = _CgroupLayout.detect()
+        self._layout = CgroupLayout.detect() if use_cgroups else CgroupLayout({}, None)
         self._is_root = os.geteuid() == 0
         self._has_inline_backend = importlib.util.find_spec("matplotlib_inline") is not None
         self._mpl_cache_dir = mpl_cache_dir
         self._font_list: Path | None = None
         self._font_tried = False
         self._font_lock = asyncio.Lock()
+        self._filters: dict[seccomp.Profile, bytes] = {}
+        self._landlock_abi = 0
+        self._runtime_dir: Path | None = None  # tier B: parent of the per-sandbox private dirs
+
+    @property
+    def tier(self) -> Tier | None:
+        """The tier the self-test chose; None before it ran."""
+        return self._tier
 
     @property
     def isolation(self) -> str:
-        return "none" if self.unsafe_no_sandbox else "bubblewrap"
+        """The tier in use ("bubblewrap", "landlock", "none"), or what was asked for before the self-test."""
+        return self._tier.value if self._tier is not None else self.requested
 
     @property
     def python(self) -> str:
@@ -300,32 +214,120 @@ class Sandbox:
     # ------------------------------------------------------------------ self-test
 
     def self_test(self) -> None:
-        """Run `bwrap <profile> -- /bin/true`; raise SandboxUnavailable with a fix when it fails."""
-        if self.unsafe_no_sandbox:
+        """Choose the tier: run the requested one's self-test (auto: bubblewrap, falling back to
+        Landlock when bubblewrap cannot create namespaces); raise SandboxUnavailable with advice."""
+        if self.requested == "none":  # the explicit opt-in; the registry warns loudly about it
+            self._choose(Tier.NONE)
             return
-        if shutil.which(self._bwrap) is None:
-            raise SandboxUnavailable(
-                f"bubblewrap ({self._bwrap!r}) was not found. Install it: `apt-get install bubblewrap` "
-                "(Debian/Ubuntu), `dnf install bubblewrap` (Fedora) or `pacman -S bubblewrap` (Arch). "
-                + _OPT_OUT
+        try:
+            tier = self._select()
+        except SandboxUnavailable as exc:
+            raise SandboxUnavailable(f"{exc} {OPT_OUT}") from exc
+        self._choose(tier)
+
+    def _select(self) -> Tier:
+        if self.requested == "landlock":
+            self._test_landlock()
+            return Tier.LANDLOCK
+        try:
+            self._test_bwrap()
+        except NamespacesUnavailable as exc:
+            if self.requested == "bubblewrap":
+                raise
+            try:
+                self._test_landlock()
+            except SandboxUnavailable as landlock_exc:
+                raise SandboxUnavailable(f"{exc} Also, {landlock_exc}") from exc
+            logger.warning("%s Falling back to the Landlock tier (weaker: no namespaces).", exc)
+            return Tier.LANDLOCK
+        return Tier.BUBBLEWRAP
+
+    def _choose(self, tier: Tier) -> None:
+        self._tier = tier
+        if tier is Tier.LANDLOCK:
+            missing = []
+            if self._landlock_abi < 4:
+                missing.append("TCP rules (seccomp still denies inet sockets)")
+            if self._landlock_abi < 6:
+                missing.append("signal scoping (code can signal processes of its uid)")
+            logger.info(
+                "isolation tier: landlock (ABI %d, sandbox uid %d)%s",
+                self._landlock_abi,
+                confinement.sandbox_uid(),
+                f"; missing on this kernel: {', '.join(missing)}" if missing else "",
             )
+        else:
+            logger.info("isolation tier: %s", tier.value)
+
+    def _filter(self, profile: seccomp.Profile) -> bytes:
+        if profile not in self._filters:
+            old_landlock = profile is seccomp.Profile.NO_NAMESPACES and self._landlock_abi < 3
+            try:
+                self._filters[profile] = seccomp.build(profile, deny_path_truncate=old_landlock)
+            except seccomp.UnsupportedArch as exc:
+                raise SandboxUnavailable(str(exc)) from exc
+        return self._filters[profile]
+
+    def _test_bwrap(self) -> None:
+        if shutil.which(self._bwrap) is None:
+            raise SandboxUnavailable(bwrap_missing(self._bwrap))
         with tempfile.TemporaryDirectory(prefix="dsmcp-selftest-") as tmp:
-            argv, fds = self._bwrap_argv(Path(tmp), ["/bin/true"], rw_binds=())
+            launch = self._bwrap_launch(Path(tmp), ["/bin/true"], rw_binds=())
             try:
                 proc = subprocess.run(
-                    argv,
-                    pass_fds=fds,
+                    launch.argv,
+                    pass_fds=launch.fds,
+                    env=launch.env,
                     capture_output=True,
                     timeout=_SELF_TEST_TIMEOUT_S,
                     check=False,
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise SandboxUnavailable(f"bubblewrap could not be run: {exc}. {_OPT_OUT}") from exc
+                raise SandboxUnavailable(f"bubblewrap could not be run: {exc}.") from exc
             finally:
-                for fd in fds:
-                    os.close(fd)
+                launch.close()
         if proc.returncode != 0:
-            raise SandboxUnavailable(_explain_failure(proc.stderr.decode(errors="replace").strip()))
+            stderr = proc.stderr.decode(errors="replace").strip()
+            raise NamespacesUnavailable(explain_bwrap_failure(stderr))
+
+    def _test_landlock(self) -> None:
+        abi = landlock.abi_version()
+        if abi < 1:
+            raise SandboxUnavailable(explain_landlock_failure("the kernel reports no Landlock ABI"))
+        self._landlock_abi = abi
+        with tempfile.TemporaryDirectory(prefix="dsmcp-selftest-") as tmp:
+            session = Path(tmp) / "session"
+            session.mkdir()
+            outside = Path(tmp) / "outside.txt"
+            outside.write_text("must stay unreadable")
+            outside.chmod(0o644)
+            try:
+                launch = self._landlock_launch(
+                    session, [sys.executable, "-c", _LANDLOCK_PROBE, str(outside)], ()
+                )
+            except (OSError, SandboxUnavailable) as exc:
+                raise SandboxUnavailable(explain_landlock_failure(str(exc))) from exc
+            assert launch.confine is not None
+            try:
+                proc = subprocess.run(
+                    launch.argv,
+                    cwd=launch.cwd,
+                    env=launch.env,
+                    preexec_fn=launch.confine.apply,
+                    start_new_session=True,
+                    capture_output=True,
+                    timeout=_SELF_TEST_TIMEOUT_S,
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise SandboxUnavailable(explain_landlock_failure(str(exc))) from exc
+            finally:
+                launch.close()
+                if launch.private_dir is not None:
+                    shutil.rmtree(launch.private_dir, ignore_errors=True)
+        if proc.returncode != 0:
+            detail = proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+            raise SandboxUnavailable(explain_landlock_failure(detail))
 
     # ------------------------------------------------------------------ spawning
 
@@ -347,11 +349,12 @@ class Sandbox:
             env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
         return env
 
-    def _bwrap_argv(
+    def _bwrap_launch(
         self, session_dir: Path, command: Sequence[str], *, rw_binds: Sequence[Path]
-    ) -> tuple[list[str], list[int]]:
-        """The bwrap command line of §7.2 and the --ro-bind-data fds it reads (caller closes them)."""
-        fds = [_data_fd(_PASSWD), _data_fd(_GROUP), _data_fd(_HOSTS)]
+    ) -> _Launch:
+        """The bwrap command line of §7.2 and the fds it reads (--ro-bind-data, --seccomp)."""
+        program = self._filter(seccomp.Profile.NAMESPACES)
+        fds = [_data_fd(_PASSWD), _data_fd(_GROUP), _data_fd(_HOSTS), _data_fd(program)]
         argv = [
             self._bwrap,
             "--unshare-all",
@@ -391,19 +394,59 @@ class Sandbox:
         argv += ["--bind", str(session_dir), SANDBOX_DATA_DIR, "--chdir", SANDBOX_DATA_DIR]
         for key, value in self._env(home=_SANDBOX_TMP, mpl_dir=_SANDBOX_MPL).items():
             argv += ["--setenv", key, value]
-        argv += ["--", *command]
-        return argv, fds
+        argv += ["--seccomp", str(fds[3]), "--", *command]
+        return _Launch(argv, {"PATH": "/usr/bin:/bin"}, fds=fds)
 
-    def _preexec(self, cgroup: Cgroup) -> tuple[Callable[[], None], list[int]]:
-        """Runs in the child between fork and exec: join the cgroups, then set rlimits, so bwrap
-        and every descendant start inside the limits. Only async-signal-tolerant work here."""
+    def _private_root(self) -> Path:
+        if self._runtime_dir is None:
+            self._runtime_dir = Path(tempfile.mkdtemp(prefix="dsmcp-rt-"))
+            # Traversable, not listable: access(2) checks paths without capabilities, and each
+            # private dir inside is owned by the sandbox user and confined by Landlock.
+            self._runtime_dir.chmod(0o711)
+            weakref.finalize(self, shutil.rmtree, self._runtime_dir, True)
+        return self._runtime_dir
+
+    def _landlock_launch(
+        self, session_dir: Path, command: Sequence[str], rw_binds: Sequence[Path]
+    ) -> _Launch:
+        """Tier B: the command itself, confined in the child by `confinement.Confinement.apply`."""
+        private = self._private_root() / f"t-{secrets.token_hex(8)}"
+        private.mkdir(mode=0o700)
+        mpl = private / "mpl"
+        mpl.mkdir()
+        if self._font_list is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self._font_list, mpl / self._font_list.name)
+        try:
+            confine = confinement.prepare(
+                self._landlock_abi,
+                self._filter(seccomp.Profile.NO_NAMESPACES),
+                session_dir=session_dir,
+                private_dir=private,
+                runtime_prefixes=_runtime_prefixes(),
+                rw_paths=rw_binds,
+            )
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        env = self._env(home=str(private), mpl_dir=str(mpl))
+        env["TMPDIR"] = str(private)
+        return _Launch(
+            list(command),
+            env,
+            cwd=str(session_dir),
+            confine=confine,
+            session_uid=confinement.sandbox_uid(),
+            private_dir=private,
+        )
+
+    def _unconfined_launch(self, session_dir: Path, command: Sequence[str]) -> _Launch:
+        tmp = tempfile.gettempdir()
+        env = self._env(home=tmp, mpl_dir=f"{tmp}/dsmcp-mpl-{os.getuid()}")
+        return _Launch(list(command), env, cwd=str(session_dir), session_uid=os.geteuid())
+
+    def _rlimits(self, cgroup: Cgroup, tier: Tier) -> list[tuple[int, int]]:
         limits = self.limits
-        procs_fds = []
-        for f in cgroup.procs_files:
-            try:
-                procs_fds.append(os.open(f, os.O_WRONLY | os.O_CLOEXEC))
-            except OSError as exc:
-                logger.debug("cannot open %s: %s", f, exc)
         rlimits: list[tuple[int, int]] = [
             (resource.RLIMIT_NOFILE, limits.nofile),
             (resource.RLIMIT_FSIZE, limits.fsize_bytes),
@@ -411,8 +454,29 @@ class Sandbox:
         ]
         if not cgroup.memory_limited:
             rlimits.append((resource.RLIMIT_AS, 2 * limits.memory_mb * 1024 * 1024))
-        if not self._is_root:
-            rlimits.append((resource.RLIMIT_NPROC, limits.pids_max))
+        if "pids" not in cgroup.limited:
+            # RLIMIT_NPROC counts threads per user namespace in tier A (a per-sandbox limit), but per
+            # real uid without namespaces, where that uid's other processes count too. Root is exempt.
+            uid = confinement.sandbox_uid() if tier is Tier.LANDLOCK else os.geteuid()
+            if tier is Tier.BUBBLEWRAP and not self._is_root:
+                rlimits.append((resource.RLIMIT_NPROC, limits.pids_max))
+            elif tier is not Tier.BUBBLEWRAP and uid != 0:
+                rlimits.append((resource.RLIMIT_NPROC, confinement.tasks_of(uid) + limits.pids_max))
+        return rlimits
+
+    def _preexec(
+        self, cgroup: Cgroup, tier: Tier, confine: confinement.Confinement | None
+    ) -> tuple[Callable[[], None], list[int]]:
+        """Runs in the child between fork and exec: join the cgroups, set rlimits, then (tier B)
+        confine, so the command and every descendant start inside the limits. Everything is
+        prepared here, before the fork."""
+        procs_fds = []
+        for f in cgroup.procs_files:
+            try:
+                procs_fds.append(os.open(f, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                logger.debug("cannot open %s: %s", f, exc)
+        rlimits = self._rlimits(cgroup, tier)
 
         def preexec() -> None:
             for fd in procs_fds:
@@ -421,6 +485,8 @@ class Sandbox:
             for which, value in rlimits:
                 with contextlib.suppress(ValueError, OSError):
                     resource.setrlimit(which, (value, value))
+            if confine is not None:
+                confine.apply()  # raises on failure: the command never runs unconfined
 
         return preexec, procs_fds
 
@@ -436,34 +502,50 @@ class Sandbox:
         stderr: Any = subprocess.DEVNULL,
     ) -> SandboxProcess:
         """Start `command` in a new sandbox named `name` (its cgroup name) on `session_dir`."""
+        if self._tier is None:
+            await asyncio.to_thread(self.self_test)
+        tier = self._tier
+        assert tier is not None
         cgroup = Cgroup.create(self._layout, name, self.limits)
-        if self.unsafe_no_sandbox:
-            argv, fds, cwd = list(command), list[int](), str(session_dir)
-            tmp = tempfile.gettempdir()
-            env: dict[str, str] | None = self._env(home=tmp, mpl_dir=f"{tmp}/dsmcp-mpl-{os.getuid()}")
-        else:
-            argv, fds = self._bwrap_argv(session_dir, command, rw_binds=rw_binds)
-            cwd, env = None, {"PATH": "/usr/bin:/bin"}
-        preexec, procs_fds = self._preexec(cgroup)
+        procs_fds: list[int] = []
+        launch: _Launch | None = None
         try:
+            if tier is Tier.BUBBLEWRAP:
+                launch = self._bwrap_launch(session_dir, command, rw_binds=rw_binds)
+            elif tier is Tier.LANDLOCK:
+                launch = await asyncio.to_thread(self._landlock_launch, session_dir, command, rw_binds)
+            else:
+                launch = self._unconfined_launch(session_dir, command)
+            preexec, procs_fds = self._preexec(cgroup, tier, launch.confine)
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                *launch.argv,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
-                pass_fds=fds,
-                cwd=cwd,
-                env=env,
+                pass_fds=launch.fds,
+                cwd=launch.cwd,
+                env=launch.env,
                 preexec_fn=preexec,
                 start_new_session=True,
             )
         except BaseException:
             await cgroup.remove()
+            if launch is not None and launch.private_dir is not None:
+                shutil.rmtree(launch.private_dir, ignore_errors=True)
             raise
         finally:
-            for fd in [*fds, *procs_fds]:
+            for fd in procs_fds:
                 os.close(fd)
-        return SandboxProcess(process, cgroup)
+            if launch is not None:
+                launch.close()
+        return SandboxProcess(process, cgroup, launch.session_uid, launch.private_dir)
+
+    async def hand_over(self, session_dir: Path) -> None:
+        """Before code runs: give entries the server created in the session dir (uploads) to the
+        sandbox user, when that is another uid (tier B under a root server)."""
+        uid = confinement.sandbox_uid()
+        if self._tier is Tier.LANDLOCK and uid != os.geteuid():
+            await asyncio.to_thread(confinement.adopt, session_dir, uid)
 
     async def prepare_font_cache(self) -> None:
         """Build matplotlib's font list once on the host so the first plot in a fresh sandbox does not
@@ -511,29 +593,3 @@ def _font_list_in(cache_dir: Path) -> Path | None:
 
 def _minimal_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tempfile.gettempdir()}
-
-
-_OPT_OUT = (
-    "To run sessions without any isolation instead (development only, unsafe), start the local pool "
-    "with the explicit opt-in --unsafe-no-sandbox."
-)
-
-
-def _explain_failure(stderr: str) -> str:
-    """Turn known bwrap failures into actionable advice."""
-    detail = f"bubblewrap self-test failed: {stderr or 'no error output'}."
-    if "uid map" in stderr or "RTM_NEWADDR" in stderr or "setting up" in stderr:
-        advice = (
-            "Unprivileged user namespaces are restricted (Ubuntu >= 23.10 AppArmor): install an AppArmor "
-            "profile for /usr/bin/bwrap (Ubuntu 25.04 ships `bwrap-userns-restrict`) or run "
-            "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`."
-        )
-    elif "No permissions to create new namespace" in stderr or "Operation not permitted" in stderr:
-        advice = (
-            "Namespaces are blocked, typically by a container's seccomp profile (Docker): run the "
-            "container with `--security-opt seccomp=unconfined --security-opt apparmor=unconfined` "
-            "(and possibly `--cap-add SYS_ADMIN`), or check `sysctl user.max_user_namespaces` > 0."
-        )
-    else:
-        advice = "Check that `bwrap --unshare-all --ro-bind /usr /usr -- /usr/bin/true` works for this user."
-    return f"{detail} {advice} {_OPT_OUT}"

@@ -105,11 +105,6 @@ class SessionRegistry:
     async def start(self) -> None:
         """Check the sandbox works (refuse to start otherwise), probe the runtime, fill the warm pool."""
         config = self.config
-        if config.unsafe_no_sandbox:
-            logger.warning(
-                "!!! LOCAL POOL RUNNING WITHOUT A SANDBOX (unsafe_no_sandbox): code sent to this pool runs "
-                "as this user with full access to this machine and its network. Development only. !!!"
-            )
         base = config.data_dir
         if base is None:
             base = self._temp_base = Path(tempfile.mkdtemp(prefix="dsmcp-pool-"))
@@ -124,7 +119,12 @@ class SessionRegistry:
                 unsafe_no_sandbox=config.unsafe_no_sandbox,
                 mpl_cache_dir=base / "mpl-cache",
             )
-            await asyncio.to_thread(sandbox.self_test)
+            await asyncio.to_thread(sandbox.self_test)  # raises SandboxUnavailable with a fix
+            if sandbox.isolation == "none":
+                logger.warning(
+                    "!!! LOCAL POOL RUNNING WITHOUT A SANDBOX: code sent to this pool runs as this user "
+                    "with full access to this machine and its network. Development only. !!!"
+                )
             self.sandbox = sandbox
             await sandbox.prepare_font_cache()
             self.facts = await self._probe()

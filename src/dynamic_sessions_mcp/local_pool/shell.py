@@ -59,7 +59,8 @@ async def run_shell(
     stdin: str | None = None,
     timeout_s: float,
 ) -> ShellOutcome:
-    """Run `command` (via bash -c) or `argv` in a new sandbox with cwd /mnt/data; kill it at the timeout."""
+    """Run `command` (via bash -c) or `argv` in a new sandbox whose cwd is the session dir (/mnt/data
+    in tier A, its host path in tier B, so commands use relative paths); kill it at the timeout."""
     if (command is None) == (argv is None) or argv == []:
         raise ValueError("give exactly one of command or a non-empty argv")
     cmd = ["/bin/bash", "-c", command] if command is not None else list(argv or [])
