@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.fault_pool import FaultPool  # noqa: E402
 from tests.support.local_pool import local_pool  # noqa: E402
-from tests.support.serve import free_port, serve_in_thread  # noqa: E402
+from tests.support.serve import free_port  # noqa: E402
 
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig  # noqa: E402
 
@@ -132,15 +132,23 @@ def start_http_server(pool_url: str) -> tuple[subprocess.Popen[bytes], str]:
         [sys.executable, __file__, "--serve", "http", "--port", str(port)], env=server_env(pool_url)
     )
     url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url + "/healthz")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url + "/mcp"
+
+
+def wait_healthy(url: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                return proc, url + "/mcp"
+            if httpx.get(url).status_code == 200:
+                return
         except httpx.TransportError:
             time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("bridge did not start")
+    raise RuntimeError(f"{url} did not come up")
 
 
 async def latency(pool_url: str, n: int) -> dict[str, Any]:
@@ -208,13 +216,18 @@ async def throughput(pool_url: str, clients: int, seconds: float) -> dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve", choices=["stdio", "http"])
+    parser.add_argument("--serve", choices=["stdio", "http", "instant-pool"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.serve == "instant-pool":
+        import uvicorn
+
+        uvicorn.run(FaultPool(instant=True).app, host="127.0.0.1", port=args.port, log_level="warning")
+        return
     if args.serve:
         serve(args.serve, args.port)
         return
@@ -222,9 +235,14 @@ def main() -> None:
     report: dict[str, Any] = {}
     with local_pool(LocalPoolConfig(token=TOKEN, warm_sessions=1, max_sessions=10)) as pool_url:
         report["latency"] = anyio.run(latency, pool_url, args.n)
-    instant = FaultPool(instant=True)
-    with serve_in_thread(instant.app) as instant_url:
-        report["throughput"] = anyio.run(throughput, instant_url, args.clients, args.seconds)
+    port = free_port()
+    instant = subprocess.Popen([sys.executable, __file__, "--serve", "instant-pool", "--port", str(port)])
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/metadata")
+        report["throughput"] = anyio.run(throughput, f"http://127.0.0.1:{port}", args.clients, args.seconds)
+    finally:
+        instant.terminate()
+        instant.wait()
 
     lat = report["latency"]
     print(f"direct REST 6*7: p50 {lat['direct_rest']['p50_ms']} ms, p95 {lat['direct_rest']['p95_ms']} ms")

@@ -30,10 +30,13 @@ class StartupError(Exception):
     """A problem the user must fix before the server can start; str() says how."""
 
 
-def _local_pool_config(settings: Settings, token: str | None) -> LocalPoolConfig:
+def _local_pool_config(
+    settings: Settings, token: str | None, mcp_api_key: str | None = None
+) -> LocalPoolConfig:
     return LocalPoolConfig(
         pool_type=LocalPoolType(settings.local_pool_type.value),
         token=token,
+        mcp_api_key=mcp_api_key,
         max_sessions=settings.local_max_sessions,
         cooldown_s=settings.local_cooldown_s,
         warm_sessions=settings.local_warm_sessions,
@@ -42,6 +45,7 @@ def _local_pool_config(settings: Settings, token: str | None) -> LocalPoolConfig
         cpus=settings.local_cpus,
         data_dir=settings.local_data_dir,
         unsafe_no_sandbox=settings.local_unsafe_no_sandbox,
+        isolation=settings.local_isolation,
     )
 
 
@@ -100,7 +104,7 @@ async def serve_local_pool(settings: Settings, args: argparse.Namespace) -> None
 
     if not is_loopback(args.host) and not args.token:
         raise StartupError(f"refusing to serve the local pool on {args.host} without --token")
-    config = _local_pool_config(settings, args.token)
+    config = _local_pool_config(settings, args.token, args.mcp_api_key)
     await runner.serve(config, args.host, args.port)
 
 
@@ -116,6 +120,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     pool.add_argument("--port", dest="port", type=int, default=8081)
     pool.add_argument("--pool-type", choices=[t.value for t in PoolType], default=None)
     pool.add_argument("--token", default=None, help="bearer token clients must send (default: any)")
+    pool.add_argument(
+        "--mcp-api-key",
+        default=None,
+        help="also serve the pool's built-in MCP endpoint at /mcp, for this x-ms-apikey (default: off)",
+    )
     sub.add_parser("doctor", help="check the configuration, the pool credential and a probe execution")
     return parser
 

@@ -11,7 +11,7 @@ from mcp.server import MCPServer
 
 from dynamic_sessions_mcp.config import Settings
 from dynamic_sessions_mcp.server import PoolTarget, open_bridge
-from tests.bridge.helpers import error, ok
+from tests.bridge.helpers import error, ok, text
 from tests.conftest import PoolServer, bridge_settings
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +82,7 @@ async def test_unknown_file_says_so(bridge: MCPServer) -> None:
         assert "missing.txt" in message and "session h-" in message
 
 
-async def test_oversize_upload_and_download_are_refused(python_pool: PoolServer) -> None:
+async def test_oversize_upload_is_refused_and_download_becomes_a_link(python_pool: PoolServer) -> None:
     settings = bridge_settings(python_pool, max_upload_bytes=1000, max_download_bytes=1000)
     async with open_bridge(settings, PoolTarget.from_settings(settings)) as mcp, Client(mcp) as client:
         big = base64.b64encode(b"x" * 1001).decode()
@@ -91,8 +91,10 @@ async def test_oversize_upload_and_download_are_refused(python_pool: PoolServer)
         )
         assert "1001 bytes" in message and "limit is 1000" in message
         ok(await client.call_tool("run_python", {"code": "open('big.txt', 'w').write('y' * 5000)"}))
-        message = error(await client.call_tool("download_file", {"path": "big.txt"}))
-        assert "5000 bytes" in message and "run_python" in message
+        link = await client.call_tool("download_file", {"path": "big.txt"})
+        assert ok(link)["attached"] is False and ok(link)["size"] == 5000
+        assert "5,000 bytes" in text(link) and "run_python" in text(link)
+        assert [block.type for block in link.content] == ["text", "resource_link"]
 
 
 async def test_runaway_code_is_stopped_and_the_reset_is_reported(bridge: MCPServer) -> None:

@@ -1,5 +1,6 @@
-"""Every tool, through the MCP protocol, on every transport and in both protocol eras,
-against the real local pool over HTTP."""
+"""Every tool, through the MCP protocol, on every transport and in both protocol eras, over both pool
+backends (the REST data plane and the pool's built-in MCP endpoint), against the real local pool
+over HTTP."""
 
 from __future__ import annotations
 
@@ -13,21 +14,28 @@ from mcp.server import MCPServer
 
 from dynamic_sessions_mcp.identity import SessionIdentity
 from tests.bridge.helpers import error, ok, text
-from tests.conftest import SESSION_SECRET, PoolServer
+from tests.conftest import BACKENDS, SESSION_SECRET, PoolServer
 
 pytestmark = pytest.mark.anyio
 ERAS = ["auto", "legacy"]  # auto lands on 2026-07-28; legacy does the 2025-11-25 handshake
 
 
-def stdio_params(pool: PoolServer, **env: str) -> StdioServerParameters:
+def stdio_params(pool: PoolServer, backend: str = "rest", **env: str) -> StdioServerParameters:
+    if backend == "mcp-endpoint":
+        assert pool.mcp_key is not None
+        reach = {
+            "DSMCP_POOL_ENDPOINT": pool.mcp_url,
+            "DSMCP_POOL_AUTH": "api-key",
+            "DSMCP_POOL_API_KEY": pool.mcp_key,
+        }
+    else:
+        reach = {"DSMCP_POOL_ENDPOINT": pool.url, "DSMCP_POOL_AUTH": "token", "DSMCP_POOL_TOKEN": pool.token}
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "dynamic_sessions_mcp"],
         env={
             **os.environ,
-            "DSMCP_POOL_ENDPOINT": pool.url,
-            "DSMCP_POOL_AUTH": "token",
-            "DSMCP_POOL_TOKEN": pool.token,
+            **reach,
             "DSMCP_POOL_TYPE": "python",
             "DSMCP_SESSION_SECRET": SESSION_SECRET,
             **env,
@@ -87,20 +95,21 @@ async def tour(client: Client) -> str:
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_in_memory(bridge: MCPServer, era: str) -> None:
-    async with Client(bridge, mode=era) as client:
+async def test_in_memory(backend_bridge: MCPServer, era: str) -> None:
+    async with Client(backend_bridge, mode=era) as client:
         await tour(client)
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_streamable_http(http_bridge: str, era: str) -> None:
-    async with Client(http_bridge, mode=era) as client:
+async def test_streamable_http(backend_http_bridge: str, era: str) -> None:
+    async with Client(backend_http_bridge, mode=era) as client:
         await tour(client)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("era", ERAS)
-async def test_stdio(python_pool: PoolServer, era: str) -> None:
-    async with Client(stdio_params(python_pool), mode=era) as client:
+async def test_stdio(python_pool: PoolServer, era: str, backend: str) -> None:
+    async with Client(stdio_params(python_pool, backend), mode=era) as client:
         await tour(client)
 
 

@@ -507,7 +507,8 @@ class PoolApi:
 
     # ---- executions -------------------------------------------------------------------------
 
-    async def _run(self, identifier: str, request: RunRequest) -> RunResult:
+    async def run(self, identifier: str, request: RunRequest) -> RunResult:
+        """One execution in `identifier`'s session (REST routes and the MCP emulation)."""
         async with self.registry.exclusive(identifier) as session:
             if session.kernel is not None:
                 assert request.code is not None
@@ -608,7 +609,7 @@ class PoolApi:
             self.registry.record_execution(call.identifier, resource)
             self.registry.spawn(self._run_in_background(call.identifier, request, resource))
             return JSONResponse(dict(resource), headers={**headers, "X-Ms-Session-Guid": session.sandbox_id})
-        result = await self._run(call.identifier, request)
+        result = await self.run(call.identifier, request)
         resource = self._resource(execution_id, call.identifier, False, result, request.stream_max)
         self.registry.record_execution(call.identifier, resource)
         return JSONResponse(resource, headers={**headers, "X-Ms-Session-Guid": result.sandbox_id})
@@ -617,7 +618,7 @@ class PoolApi:
         self, identifier: str, request: RunRequest, resource: dict[str, Any]
     ) -> None:
         try:
-            result = await self._run(identifier, request)
+            result = await self.run(identifier, request)
         except PoolAtCapacity as exc:
             resource.update(status="Failed", error={"code": "SessionPoolAtCapacity", "message": str(exc)})
         except Exception:
@@ -636,7 +637,7 @@ class PoolApi:
 
     async def legacy_execute(self, call: Call) -> Response:
         request = parse_legacy(await read_json(call.request), self.config)
-        result = await self._run(call.identifier, request)
+        result = await self.run(call.identifier, request)
         body = {
             "$id": "1",
             "properties": {
@@ -850,7 +851,14 @@ def build_app(registry: SessionRegistry, *, manage_registry: bool) -> Starlette:
             if manage_registry:
                 await registry.stop()
 
-    return Starlette(routes=[Route("/{path:path}", api.dispatch, methods=_METHODS)], lifespan=lifespan)
+    routes = [Route("/{path:path}", api.dispatch, methods=_METHODS)]
+    if registry.config.mcp_api_key:
+        # Imported here: the emulation builds on this module's run path.
+        from dynamic_sessions_mcp.local_pool.mcp_emulation import McpEmulation
+
+        emulation = McpEmulation(api, registry.config.mcp_api_key)
+        routes.insert(0, Route("/mcp", emulation.handle, methods=_METHODS))
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def create_app(config: LocalPoolConfig) -> Starlette:

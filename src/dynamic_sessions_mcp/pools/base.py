@@ -7,11 +7,19 @@ Shell pools' exit code in `status`) stay inside the backends; tools only see the
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 class PoolType(enum.StrEnum):
+    PYTHON = "python"
+    SHELL = "shell"
+
+
+class ExecutionKind(enum.StrEnum):
+    """What an execution runs: Python code or a bash command line (on either pool type)."""
+
     PYTHON = "python"
     SHELL = "shell"
 
@@ -39,6 +47,8 @@ class Execution:
     duration_ms: int = 0
     # The pool's id of the sandbox that ran this (Azure: X-Ms-Session-Guid); used to notice resets.
     sandbox_id: str | None = None
+    # The pool may have cut stdout/stderr at this many bytes (its outputStreamsMaxLength); None = whole.
+    streams_cut_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,16 @@ class Download:
 
 
 @dataclass(frozen=True)
+class FileStream:
+    """A download in progress: read `chunks` once, then `close()` (also when not read to the end)."""
+
+    content_type: str | None
+    size: int | None  # from Content-Length, when the pool sent it
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class PoolInfo:
     pool_type: PoolType
     api_version: str
@@ -71,7 +91,7 @@ class PoolErrorKind(enum.StrEnum):
     AUTH = "auth"  # 401: the credential was refused
     FORBIDDEN = "forbidden"  # 403: the identity lacks a role on the pool
     CAPACITY = "capacity"  # 404 on a session call: the pool is at maxConcurrentSessions
-    NOT_FOUND = "not_found"  # 404 on a file
+    NOT_FOUND = "not_found"  # 404 on a file or an execution
     TOO_LARGE = "too_large"  # 413
     THROTTLED = "throttled"  # 429 / 503
     TIMEOUT = "timeout"  # no answer in time
@@ -103,9 +123,37 @@ class Pool(Protocol):
 
     async def run_shell(self, identifier: str, command: str, timeout_s: float) -> Execution: ...
 
+    @property
+    def supports_background(self) -> bool:
+        """True when executions can run asynchronously (`start_execution` / `get_execution`)."""
+        ...
+
+    async def start_execution(
+        self, identifier: str, kind: ExecutionKind, source: str, timeout_s: float, execution_id: str
+    ) -> str | None:
+        """Start an asynchronous execution named `execution_id`; returns the sandbox id (as
+        `Execution.sandbox_id`) when the pool tells it. Its outcome comes from get_execution."""
+        ...
+
+    async def get_execution(
+        self, identifier: str, kind: ExecutionKind, execution_id: str
+    ) -> Execution | None:
+        """The outcome of an asynchronous execution; None while it runs; NOT_FOUND when unknown."""
+        ...
+
     async def upload(self, identifier: str, path: str, data: bytes) -> FileInfo: ...
 
     async def download(self, identifier: str, path: str) -> Download: ...
+
+    async def open_download(self, identifier: str, path: str) -> FileStream:
+        """Start streaming a file; memory stays bounded whatever its size."""
+        ...
+
+    async def upload_stream(
+        self, identifier: str, path: str, chunks: AsyncIterable[bytes], size: int | None
+    ) -> FileInfo:
+        """Write a file from a stream of chunks (`size` when known, sent as Content-Length)."""
+        ...
 
     async def list_files(self, identifier: str, path: str, recursive: bool) -> list[FileInfo]: ...
 

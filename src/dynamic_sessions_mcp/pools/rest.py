@@ -17,10 +17,11 @@ import logging
 import math
 import random
 import re
+import secrets
 import shlex
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -29,7 +30,9 @@ import httpx
 from dynamic_sessions_mcp.pools.base import (
     Download,
     Execution,
+    ExecutionKind,
     FileInfo,
+    FileStream,
     Image,
     PoolError,
     PoolErrorKind,
@@ -49,8 +52,11 @@ KNOWN_API_VERSIONS = (
 )
 # langchain deletes sessions with this version whatever it uses otherwise; legacy pools accept it.
 SESSION_DELETE_API_VERSION = "2025-10-02-preview"
-# The pool's default cuts each stream at 4096 bytes without saying so; results.py truncates for the model.
-OUTPUT_STREAMS_MAX_LENGTH = 1_000_000
+# The pool's default cuts each stream at 4096 bytes without saying so; the bridge asks for its spill
+# limit instead (DSMCP_OUTPUT_SPILL_MAX_BYTES) and cuts for the model itself (outputs.py).
+OUTPUT_STREAMS_MAX_LENGTH = 16 * 1024 * 1024
+DEFAULT_STREAMS_MAX_LENGTH = 4096  # what current-contract pools cut at when not asked otherwise
+_RUNNING = frozenset({"running", "notstarted"})
 # Longer Python code goes to a Shell pool on stdin: one argv string is capped at 128 KiB by Linux.
 MAX_ARGV_CODE_BYTES = 64 * 1024
 MESSAGE_DETAIL_CHARS = 300
@@ -98,9 +104,15 @@ class _Call:
     idempotent: bool
     # Set on file calls: a 404 then means "no such file", not "pool at capacity".
     file_path: str | None = None
+    # Set on execution look-ups: a 404 then means "no such execution".
+    execution_id: str | None = None
     json: Any = None
     files: Any = None
+    # A streamed request body (sent once: never retried) and its headers.
+    content: AsyncIterable[bytes] | None = None
+    headers: Mapping[str, str] | None = None
     is_execution: bool = False
+    stream: bool = False  # leave the response body unread (the caller streams it)
 
 
 def _segment(value: str) -> str:
@@ -143,9 +155,11 @@ class RestPool:
         auth: httpx.Auth | None,
         execution_margin_s: float,
         retry_budget_s: float,
+        output_streams_max_length: int = OUTPUT_STREAMS_MAX_LENGTH,
     ) -> None:
         self._endpoint = endpoint
         self._contract = _Contract(api_version)
+        self._streams_max_length = output_streams_max_length
         self._pool_type = pool_type
         self._http = http
         self._auth = auth
@@ -181,40 +195,58 @@ class RestPool:
         )
 
     async def run_python(self, identifier: str, code: str, timeout_s: float) -> Execution:
-        if self._pool_type is PoolType.PYTHON:
-            return await self._execute_code(identifier, code, timeout_s)
-        if self._contract.has_2025_10_fields:
-            if len(code.encode("utf-8", "surrogatepass")) <= MAX_ARGV_CODE_BYTES:
-                body: dict[str, Any] = {"execCommandAndArgs": ["python3", "-c", code]}
-            else:
-                body = {"execCommandAndArgs": ["python3", "-"], "stdin": code}
-        else:
-            # 2024-10 / 2025-02 Shell pools take only `shellCommand` (as langchain sends it).
-            body = {"shellCommand": f"python3 -c {shlex.quote(code)}"}
-        return await self._execute_shell(identifier, body, timeout_s)
+        return await self._run_sync(identifier, ExecutionKind.PYTHON, code, timeout_s)
 
     async def run_shell(self, identifier: str, command: str, timeout_s: float) -> Execution:
-        if self._pool_type is PoolType.SHELL:
-            return await self._execute_shell(identifier, {"shellCommand": command}, timeout_s)
-        execution = await self._execute_code(identifier, _shell_via_python(command), timeout_s)
-        exit_code = _as_int(execution.result)
-        return Execution(
-            succeeded=execution.succeeded and exit_code == 0,
-            stdout=execution.stdout,
-            stderr=execution.stderr,
-            exit_code=exit_code,
-            duration_ms=execution.duration_ms,
-            sandbox_id=execution.sandbox_id,
+        return await self._run_sync(identifier, ExecutionKind.SHELL, command, timeout_s)
+
+    @property
+    def supports_background(self) -> bool:
+        return not self._contract.legacy
+
+    async def start_execution(
+        self, identifier: str, kind: ExecutionKind, source: str, timeout_s: float, execution_id: str
+    ) -> str | None:
+        if self._contract.legacy:
+            raise PoolError(
+                PoolErrorKind.CONFIG,
+                f"Asynchronous executions need api-version 2024-10-02-preview or later "
+                f"(configured: {self._contract.api_version}).",
+            )
+        body = {**self._execution_body(kind, source, timeout_s), "executionType": "Asynchronous"}
+        call = _Call(
+            "POST",
+            "executions",
+            self._query(identifier),
+            self._timeout,
+            idempotent=False,
+            json=body,
+            headers={"operation-id": execution_id},
+            is_execution=True,
         )
+        response = await self._send(call)
+        echoed = _json_object(response).get("id")
+        if echoed and echoed != execution_id:
+            logger.warning("the pool ignored the operation-id of an asynchronous execution")
+        sandbox_id: str | None = response.headers.get("x-ms-session-guid")
+        return sandbox_id
+
+    async def get_execution(
+        self, identifier: str, kind: ExecutionKind, execution_id: str
+    ) -> Execution | None:
+        call = _Call(
+            "GET",
+            f"executions/{_segment(execution_id)}",
+            self._query(identifier),
+            self._timeout,
+            idempotent=True,
+            execution_id=execution_id,
+        )
+        return self._finished(await self._send(call), kind)
 
     async def upload(self, identifier: str, path: str, data: bytes) -> FileInfo:
         directory, name = _split_file_path(path)
-        timeout = httpx.Timeout(
-            connect=_CONNECT_TIMEOUT_S,
-            read=_DEFAULT_READ_TIMEOUT_S * 2,
-            write=_UPLOAD_WRITE_TIMEOUT_S,
-            pool=_DEFAULT_READ_TIMEOUT_S,
-        )
+        timeout = self._upload_timeout()
         if self._contract.legacy:
             call = _Call(
                 "POST",
@@ -225,9 +257,7 @@ class RestPool:
                 # An absolute filename places nested files (as Semantic Kernel sends it).
                 files={"file": (f"/mnt/data/{path}", data, "application/octet-stream")},
             )
-            payload = _json_object(await self._send(call))
-            listed = [_legacy_file_info(item) for item in _items(payload.get("value"))]
-            return listed[0] if listed else FileInfo(path=path, size=len(data))
+            return _uploaded(_json_object(await self._send(call)), path, len(data), legacy=True)
         call = _Call(
             "POST",
             "files",
@@ -236,20 +266,71 @@ class RestPool:
             idempotent=False,
             files={"file": (name, data, "application/octet-stream")},
         )
+        return _uploaded(_json_object(await self._send(call)), path, len(data), legacy=False)
+
+    async def upload_stream(
+        self, identifier: str, path: str, chunks: AsyncIterable[bytes], size: int | None
+    ) -> FileInfo:
+        directory, name = _split_file_path(path)
+        if self._contract.legacy:
+            url_path, query, filename = "files/upload", self._query(identifier), f"/mnt/data/{path}"
+        else:
+            url_path, query, filename = "files", self._query(identifier, path=directory), name
+        boundary = secrets.token_hex(16)
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{_form_quote(filename)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            async for chunk in chunks:
+                yield chunk
+            yield tail
+
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if size is not None:
+            headers["Content-Length"] = str(len(head) + size + len(tail))
+        call = _Call(
+            "POST",
+            url_path,
+            query,
+            self._upload_timeout(),
+            idempotent=False,
+            content=body(),
+            headers=headers,
+        )
         payload = _json_object(await self._send(call))
-        modified = payload.get("lastModifiedAt")
-        content_type = payload.get("contentType")
-        return FileInfo(
-            path=path,
-            size=_size(payload.get("sizeInBytes", len(data))),
-            modified=str(modified) if modified else None,
-            content_type=str(content_type) if content_type else None,
+        return _uploaded(payload, path, size or 0, legacy=self._contract.legacy)
+
+    async def open_download(self, identifier: str, path: str) -> FileStream:
+        call = replace(self._download_call(identifier, path), stream=True)
+        response = await self._send(call)
+        length = response.headers.get("content-length", "")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+            except httpx.RequestError as exc:
+                raise _transport_error(exc, call) from exc
+
+        return FileStream(
+            content_type=response.headers.get("content-type"),
+            size=int(length) if length.isdigit() else None,
+            chunks=chunks(),
+            close=response.aclose,
         )
 
     async def download(self, identifier: str, path: str) -> Download:
+        response = await self._send(self._download_call(identifier, path))
+        return Download(data=response.content, content_type=response.headers.get("content-type"))
+
+    def _download_call(self, identifier: str, path: str) -> _Call:
         if self._contract.legacy:
             encoded = "/".join(_segment(part) for part in path.strip("/").split("/"))
-            call = _Call(
+            return _Call(
                 "GET",
                 f"files/content/{encoded}",
                 self._query(identifier),
@@ -257,18 +338,15 @@ class RestPool:
                 idempotent=True,
                 file_path=path,
             )
-        else:
-            directory, name = _split_file_path(path)
-            call = _Call(
-                "GET",
-                f"files/{_segment(name)}/content",
-                self._query(identifier, path=directory),
-                self._timeout,
-                idempotent=True,
-                file_path=path,
-            )
-        response = await self._send(call)
-        return Download(data=response.content, content_type=response.headers.get("content-type"))
+        directory, name = _split_file_path(path)
+        return _Call(
+            "GET",
+            f"files/{_segment(name)}/content",
+            self._query(identifier, path=directory),
+            self._timeout,
+            idempotent=True,
+            file_path=path,
+        )
 
     async def list_files(self, identifier: str, path: str, recursive: bool) -> list[FileInfo]:
         directory = path.strip("/")
@@ -281,7 +359,9 @@ class RestPool:
     async def delete_file(self, identifier: str, path: str) -> None:
         if self._contract.legacy:
             # The legacy contract has no delete verb on platform pools: remove it from inside.
-            execution = await self._execute_code(identifier, _delete_via_python(path), _DELETE_TIMEOUT_S)
+            execution = await self._run_sync(
+                identifier, ExecutionKind.PYTHON, _delete_via_python(path), _DELETE_TIMEOUT_S
+            )
             outcome = str(execution.result).strip("'\"")
             if outcome == "missing":
                 raise _not_found(path)
@@ -321,37 +401,88 @@ class RestPool:
 
     # ---- executions -------------------------------------------------------------------------
 
-    async def _execute_code(self, identifier: str, code: str, timeout_s: float) -> Execution:
-        timeout_in_seconds = max(1, math.ceil(timeout_s))
-        if self._contract.legacy:
+    def _upload_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=_CONNECT_TIMEOUT_S,
+            read=_DEFAULT_READ_TIMEOUT_S * 2,
+            write=_UPLOAD_WRITE_TIMEOUT_S,
+            pool=_DEFAULT_READ_TIMEOUT_S,
+        )
+
+    async def _run_sync(
+        self, identifier: str, kind: ExecutionKind, source: str, timeout_s: float
+    ) -> Execution:
+        if self._contract.legacy:  # legacy pools are Python pools (connect_rest_pool checks)
+            code = source if kind is ExecutionKind.PYTHON else _shell_via_python(source)
             body: dict[str, Any] = {
                 "properties": {
                     "codeInputType": "inline",
                     "executionType": "synchronous",
                     "code": code,
-                    "timeoutInSeconds": timeout_in_seconds,
+                    "timeoutInSeconds": max(1, math.ceil(timeout_s)),
                 }
             }
             path = "code/execute"
         else:
-            body = {
-                "codeInputType": "Inline",
-                "executionType": "Synchronous",
-                "code": code,
-                "timeoutInSeconds": timeout_in_seconds,
-            }
-            if self._contract.has_2025_10_fields:
-                body["outputStreamsMaxLength"] = OUTPUT_STREAMS_MAX_LENGTH
+            body = {**self._execution_body(kind, source, timeout_s), "executionType": "Synchronous"}
             path = "executions"
         response = await self._post_execution(identifier, path, body, timeout_s)
-        return _parse_execution(response, legacy=self._contract.legacy, status_is_exit_code=False)
+        return self._outcome(response, kind)
 
-    async def _execute_shell(self, identifier: str, body: dict[str, Any], timeout_s: float) -> Execution:
-        body = {**body, "timeoutInSeconds": max(1, math.ceil(timeout_s))}
+    def _execution_body(self, kind: ExecutionKind, source: str, timeout_s: float) -> dict[str, Any]:
+        """The current-contract body (without `executionType`) for `kind` on this pool type."""
+        body: dict[str, Any]
+        if self._pool_type is PoolType.PYTHON:
+            code = source if kind is ExecutionKind.PYTHON else _shell_via_python(source)
+            body = {"codeInputType": "Inline", "code": code}
+        elif kind is ExecutionKind.SHELL:
+            body = {"shellCommand": source}
+        elif self._contract.has_2025_10_fields:
+            if len(source.encode("utf-8", "surrogatepass")) <= MAX_ARGV_CODE_BYTES:
+                body = {"execCommandAndArgs": ["python3", "-c", source]}
+            else:
+                body = {"execCommandAndArgs": ["python3", "-"], "stdin": source}
+        else:
+            # 2024-10 / 2025-02 Shell pools take only `shellCommand` (as langchain sends it).
+            body = {"shellCommand": f"python3 -c {shlex.quote(source)}"}
+        body["timeoutInSeconds"] = max(1, math.ceil(timeout_s))
         if self._contract.has_2025_10_fields:
-            body["outputStreamsMaxLength"] = OUTPUT_STREAMS_MAX_LENGTH
-        response = await self._post_execution(identifier, "executions", body, timeout_s)
-        return _parse_execution(response, legacy=False, status_is_exit_code=True)
+            body["outputStreamsMaxLength"] = self._streams_max_length
+        return body
+
+    def _finished(self, response: httpx.Response, kind: ExecutionKind) -> Execution | None:
+        """The outcome of an asynchronous execution, or None while the pool still runs it."""
+        status = str(_json_object(response).get("status") or "").lower()
+        return None if status in _RUNNING else self._outcome(response, kind)
+
+    def _outcome(self, response: httpx.Response, kind: ExecutionKind) -> Execution:
+        shell_pool = self._pool_type is PoolType.SHELL
+        execution = _parse_execution(response, legacy=self._contract.legacy, status_is_exit_code=shell_pool)
+        cap = self._stream_cap
+        # The pool cuts at a byte count (possibly mid-character): near the cap means it may have cut.
+        if cap is not None and any(
+            len(text.encode("utf-8", "surrogatepass")) >= cap - 3
+            for text in (execution.stdout, execution.stderr)
+        ):
+            execution = replace(execution, streams_cut_at=cap)
+        if kind is ExecutionKind.SHELL and not shell_pool:
+            # The command ran through the kernel's subprocess: its exit code is the result value.
+            exit_code = _as_int(execution.result)
+            execution = replace(
+                execution,
+                succeeded=execution.succeeded and exit_code == 0,
+                exit_code=exit_code,
+                result=None,
+                images=[],
+            )
+        return execution
+
+    @property
+    def _stream_cap(self) -> int | None:
+        """Where the pool cuts stdout/stderr: what we asked for, its documented default, or unknown."""
+        if self._contract.has_2025_10_fields:
+            return self._streams_max_length
+        return None if self._contract.legacy else DEFAULT_STREAMS_MAX_LENGTH
 
     async def _post_execution(
         self, identifier: str, path: str, body: dict[str, Any], timeout_s: float
@@ -423,8 +554,9 @@ class RestPool:
             try:
                 response = await self._send_once(call)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Nothing reached the pool. Executions retry only a refused/unreachable connect.
-                retryable = call.idempotent or isinstance(exc, httpx.ConnectError)
+                # Nothing reached the pool. Executions retry only a refused/unreachable connect;
+                # a streamed body cannot be sent twice.
+                retryable = call.idempotent or (isinstance(exc, httpx.ConnectError) and call.content is None)
                 delay = _backoff(attempt)
                 if not retryable or time.monotonic() + delay > deadline:
                     raise _transport_error(exc, call) from exc
@@ -433,6 +565,9 @@ class RestPool:
             else:
                 if response.is_success:
                     return response
+                if call.stream:
+                    await response.aread()
+                    await response.aclose()
                 retry_after = _retry_after_s(response)
                 delay = retry_after if retry_after is not None else _backoff(attempt)
                 if (
@@ -448,12 +583,20 @@ class RestPool:
     async def _send_once(self, call: _Call) -> httpx.Response:
         url = f"{self._endpoint}/{call.path}?{urlencode(call.query, quote_via=quote, safe='')}"
         request = self._http.build_request(
-            call.method, url, json=call.json, files=call.files, timeout=call.timeout
+            call.method,
+            url,
+            json=call.json,
+            files=call.files,
+            content=call.content,
+            headers=call.headers,
+            timeout=call.timeout,
         )
         started = time.monotonic()
         try:
             response = await self._http.send(
-                request, auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
+                request,
+                auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
+                stream=call.stream,
             )
         except httpx.HTTPError as exc:
             logger.debug(
@@ -483,6 +626,7 @@ async def connect_rest_pool(
     auth: httpx.Auth | None,
     execution_margin_s: float = 30.0,
     retry_budget_s: float = 20.0,
+    output_streams_max_length: int = OUTPUT_STREAMS_MAX_LENGTH,
 ) -> RestPool:
     """Check the configuration, detect the pool type from `GET metadata` if not given."""
     endpoint = endpoint.strip()
@@ -511,6 +655,7 @@ async def connect_rest_pool(
             auth=auth,
             execution_margin_s=execution_margin_s,
             retry_budget_s=retry_budget_s,
+            output_streams_max_length=output_streams_max_length,
         )
 
     if pool_type is None:
@@ -654,6 +799,29 @@ def _current_file_info(item: Mapping[str, Any], parent: str) -> FileInfo:
         modified=str(modified) if modified else None,
         content_type=str(content_type) if content_type else None,
     )
+
+
+def _uploaded(payload: Mapping[str, Any], path: str, size: int, *, legacy: bool) -> FileInfo:
+    """The FileInfo an upload answered with (legacy: a `value` list; current: one resource)."""
+    if legacy:
+        listed = [_legacy_file_info(item) for item in _items(payload.get("value"))]
+        return listed[0] if listed else FileInfo(path=path, size=size)
+    modified = payload.get("lastModifiedAt")
+    content_type = payload.get("contentType")
+    return FileInfo(
+        path=path,
+        size=_size(payload.get("sizeInBytes", size)),
+        modified=str(modified) if modified else None,
+        content_type=str(content_type) if content_type else None,
+    )
+
+
+# WHATWG form encoding of multipart parameters, as browsers and httpx send them.
+_FORM_ESCAPES = {ord('"'): "%22", ord("\\"): "\\\\", **{c: f"%{c:02X}" for c in range(0x20) if c != 0x1B}}
+
+
+def _form_quote(filename: str) -> str:
+    return filename.translate(_FORM_ESCAPES)
 
 
 def _legacy_file_info(item: Mapping[str, Any]) -> FileInfo:
@@ -800,6 +968,13 @@ def _status_error(response: httpx.Response, call: _Call, api_version: str) -> Po
         )
     elif status == 404 and call.file_path is not None:
         return _not_found(call.file_path)
+    elif status == 404 and call.execution_id is not None:
+        return PoolError(
+            PoolErrorKind.NOT_FOUND,
+            "The session pool does not know this execution: its session was reset or ended, or the pool "
+            "no longer keeps its result.",
+            status=404,
+        )
     elif status == 404:
         kind = PoolErrorKind.CAPACITY
         message = (
