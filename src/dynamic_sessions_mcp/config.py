@@ -43,7 +43,9 @@ class Settings(BaseSettings):
 
     # --- the pool -------------------------------------------------------------------------
     pool_endpoint: str | None = Field(
-        default=None, description="Pool management endpoint; unset = start the embedded local pool."
+        default=None,
+        description="Pool management endpoint (api-key auth: the pool's mcpServerEndpoint); "
+        "unset = start the embedded local pool.",
     )
     pool_api_version: str = DEFAULT_API_VERSION
     pool_type: PoolType | None = Field(default=None, description="python | shell; unset = ask the pool.")
