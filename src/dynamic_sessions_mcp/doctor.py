@@ -29,8 +29,7 @@ from dynamic_sessions_mcp.pools.credentials import (
     StaticTokenAuth,
     entra_credential,
 )
-from dynamic_sessions_mcp.pools.rest import connect_rest_pool
-from dynamic_sessions_mcp.server import PoolTarget
+from dynamic_sessions_mcp.server import PoolTarget, connect_pool
 
 STEP_TIMEOUT_S = 60.0
 ROLE = "Azure ContainerApps Session Executor"
@@ -111,6 +110,14 @@ async def _pool_auth(target: PoolTarget, report: Report) -> tuple[bool, httpx.Au
     if target.auth is PoolAuth.NONE:
         report.add("pool credential", "ok", "none (DSMCP_POOL_AUTH=none)")
         return True, None
+    if target.auth is PoolAuth.API_KEY:
+        if not target.api_key:
+            report.add(
+                "pool credential", "FAIL", "DSMCP_POOL_AUTH=api-key without a key", "set DSMCP_POOL_API_KEY"
+            )
+            return False, None
+        report.add("pool credential", "ok", f"MCP endpoint API key ({len(target.api_key)} characters)")
+        return True, None
     credential: AsyncTokenCredential = entra_credential(target.managed_identity_client_id)
     who = (
         f"managed identity {target.managed_identity_client_id}"
@@ -143,6 +150,8 @@ def _fix(exc: PoolError, target: PoolTarget) -> str:
         )
     if exc.kind is PoolErrorKind.AUTH and target.auth is PoolAuth.TOKEN:
         return "the pool refused the token: set DSMCP_POOL_TOKEN to the token the pool expects"
+    if exc.kind is PoolErrorKind.AUTH and target.auth is PoolAuth.API_KEY:
+        return exc.message
     if exc.kind in (PoolErrorKind.AUTH, PoolErrorKind.FORBIDDEN):
         return (
             f'give the identity the "{ROLE}" role on the pool: az role assignment create --role "{ROLE}" '
@@ -192,14 +201,10 @@ async def _check_pool(settings: Settings, target: PoolTarget, report: Report) ->
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(settings.pool_request_timeout_s)) as http:
             try:
-                pool = await connect_rest_pool(
-                    endpoint=target.endpoint,
-                    api_version=target.api_version,
-                    pool_type=target.pool_type,
-                    http=http,
-                    auth=auth,
-                    retry_budget_s=min(settings.pool_retry_budget_s, 3.0),
+                quick = settings.model_copy(
+                    update={"pool_retry_budget_s": min(settings.pool_retry_budget_s, 3.0)}
                 )
+                pool = await connect_pool(quick, target, http, auth)
                 await asyncio.wait_for(pool.end_session("dsmcp-doctor-reachability"), STEP_TIMEOUT_S)
             except PoolError as exc:
                 report.add("pool", "FAIL", exc.message, _fix(exc, target))

@@ -58,7 +58,13 @@ class PoolTarget:
         )
 
 
-def instructions(pool_type: PoolType) -> str:
+def instructions(pool_type: PoolType, *, background: bool) -> str:
+    later = (
+        "; a run that would outlive the call continues in the background and returns an `execution` "
+        "handle for get_execution."
+        if background
+        else "."
+    )
     return (
         f"Runs code in isolated sandboxes of a {pool_type.value} session pool. Each sandbox has its own "
         "files in /mnt/data, and (on Python pools) its own interpreter whose variables persist between "
@@ -68,8 +74,7 @@ def instructions(pool_type: PoolType) -> str:
         "and returns its new handle. new_session starts another sandbox; end_session discards one. "
         "Sandboxes are recycled after some idle minutes: a result then says that variables and files "
         "were reset. The sandboxes have no network access. Long outputs come back as their head and "
-        f"tail, with the full text saved under /mnt/data/{OUTPUTS_DIR}; a run that would outlive the "
-        "call continues in the background and returns an `execution` handle for get_execution."
+        f"tail, with the full text saved under /mnt/data/{OUTPUTS_DIR}" + later
     )
 
 
@@ -142,7 +147,7 @@ def build_server(state: tools.AppState, pool_type: PoolType) -> MCPServer:
     mcp = MCPServer(
         SERVER_NAME,
         version=__version__,
-        instructions=instructions(pool_type),
+        instructions=instructions(pool_type, background=state.pool.supports_background),
         lifespan=lifespan,
     )
     runs = ToolAnnotations(
