@@ -310,15 +310,16 @@ async def _run_in_background(
     return outcome, reset
 
 
+TimeoutArg = Annotated[int, Field(ge=0, le=220, description="Time limit; 0 = the server default.")]
+
+
 async def run_python(
     code: Annotated[
         str, Field(description="Python source to run. The value of the last expression is returned.")
     ],
     ctx: Ctx,
     session: SessionArg = "",
-    timeout_seconds: Annotated[
-        int, Field(ge=0, le=220, description="Time limit; 0 = the server default.")
-    ] = 0,
+    timeout_seconds: TimeoutArg = 0,
 ) -> Annotated[CallToolResult, results.ExecutionResult]:
     return await _execute(ctx, session, ExecutionKind.PYTHON, code, timeout_seconds)
 
@@ -327,9 +328,7 @@ async def run_shell(
     command: Annotated[str, Field(description="A bash command line, run in /mnt/data.")],
     ctx: Ctx,
     session: SessionArg = "",
-    timeout_seconds: Annotated[
-        int, Field(ge=0, le=220, description="Time limit; 0 = the server default.")
-    ] = 0,
+    timeout_seconds: TimeoutArg = 0,
 ) -> Annotated[CallToolResult, results.ExecutionResult]:
     return await _execute(ctx, session, ExecutionKind.SHELL, command, timeout_seconds)
 
