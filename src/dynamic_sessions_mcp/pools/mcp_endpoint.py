@@ -78,7 +78,7 @@ from dynamic_sessions_mcp.pools.base import (
     PoolType,
 )
 from dynamic_sessions_mcp.pools.mcp_rpc import PROTOCOL_VERSION, RpcClient, RpcError, ToolResult
-from dynamic_sessions_mcp.pools.rest import _not_found, _truncate
+from dynamic_sessions_mcp.pools.pool_http import not_found, truncate
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -372,7 +372,7 @@ class McpEndpointPool:
         )
         words = answer.stdout.split()
         if words[:1] == [cmd.MISSING]:
-            raise _not_found(path)
+            raise not_found(path)
         if words[:1] == [cmd.NOT_A_FILE]:
             raise PoolError(PoolErrorKind.BAD_REQUEST, f"/mnt/data/{path} is a folder, not a file.")
         if words[:1] != [cmd.OK] or len(words) < 2 or not words[1].isdigit():
@@ -442,7 +442,7 @@ class McpEndpointPool:
             identifier, lambda env: self._command(env, cmd.delete(path)), relaunch=False
         )
         if answer.stdout.strip() == cmd.MISSING:
-            raise _not_found(path)
+            raise not_found(path)
         self._expect_ok(answer, f"could not delete /mnt/data/{path}")
 
     async def end_session(self, identifier: str) -> None:
@@ -504,7 +504,7 @@ class McpEndpointPool:
         found = re.search(r"environmentId\W+([\w-]+)", result.text)
         environment = minted if isinstance(minted, str) and minted else found.group(1) if found else ""
         if result.is_error or not environment:
-            said = _truncate(result.text) or "no environmentId"
+            said = truncate(result.text) or "no environmentId"
             raise PoolError(PoolErrorKind.SERVER, f"The pool's MCP endpoint launched no environment: {said}.")
         logger.debug("launched an environment")
         return environment
@@ -587,7 +587,7 @@ class McpEndpointPool:
                 raise _Expired from None
             raise PoolError(
                 PoolErrorKind.BAD_REQUEST,
-                f"The pool's MCP endpoint refused the call: {_truncate(exc.message)}",
+                f"The pool's MCP endpoint refused the call: {truncate(exc.message)}",
             ) from None
         return _streams(result)
 
@@ -610,7 +610,7 @@ def _streams(result: ToolResult) -> _Streams:
         if is_expired_message(result.text):
             raise _Expired
         raise PoolError(
-            PoolErrorKind.SERVER, f"The pool's MCP endpoint reported a failure: {_truncate(result.text)}"
+            PoolErrorKind.SERVER, f"The pool's MCP endpoint reported a failure: {truncate(result.text)}"
         )
     # Only text content ("stdout: ...\n\nstderr: ..."), as older endpoints answered.
     text = result.text.removeprefix("stdout: ")
@@ -678,7 +678,7 @@ def _split(path: str) -> tuple[str, str]:
 
 
 def _unexpected(what: str, answer: _Streams) -> PoolError:
-    said = _truncate(answer.stderr or answer.stdout) or "no output"
+    said = truncate(answer.stderr or answer.stdout) or "no output"
     return PoolError(PoolErrorKind.SERVER, f"The session {what}: {said}")
 
 

@@ -21,14 +21,14 @@ import httpx
 
 from dynamic_sessions_mcp import __version__
 from dynamic_sessions_mcp.pools.base import PoolError, PoolErrorKind
-from dynamic_sessions_mcp.pools.rest import (
-    _backoff,
-    _Call,
-    _pool_message,
-    _retry_after_s,
-    _status_error,
-    _transport_error,
-    _truncate,
+from dynamic_sessions_mcp.pools.pool_http import (
+    Call,
+    backoff_s,
+    pool_message,
+    retry_after_s,
+    status_error,
+    transport_error,
+    truncate,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class RpcClient:
         429/503 (honouring Retry-After) within the retry budget, any call whose connection was
         refused, and any call once after the endpoint forgot our Mcp-Session-Id (404).
         """
-        call = _Call(
+        call = Call(
             "POST",
             "",
             {},
@@ -188,11 +188,11 @@ class RpcClient:
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 retryable = idempotent or isinstance(exc, httpx.ConnectError)
-                delay = _backoff(attempt)
+                delay = backoff_s(attempt)
                 if not retryable or time.monotonic() + delay > deadline:
-                    raise self._redacted(_transport_error(exc, call)) from exc
+                    raise self._redacted(transport_error(exc, call)) from exc
             except httpx.RequestError as exc:
-                raise self._redacted(_transport_error(exc, call)) from exc
+                raise self._redacted(transport_error(exc, call)) from exc
             else:
                 elapsed_ms = (time.monotonic() - started) * 1000
                 logger.debug("MCP %s -> %d in %.0f ms", method, response.status_code, elapsed_ms)
@@ -207,8 +207,8 @@ class RpcClient:
                     reinitialized = True  # the request was not processed: start a new MCP session
                     await self.initialize()
                     continue
-                retry_after = _retry_after_s(response)
-                delay = retry_after if retry_after is not None else _backoff(attempt)
+                retry_after = retry_after_s(response)
+                delay = retry_after if retry_after is not None else backoff_s(attempt)
                 if (
                     not idempotent
                     or response.status_code not in (429, 503)
@@ -226,9 +226,9 @@ class RpcClient:
         return PoolError(error.kind, self._scrub(error.message), status=error.status)
 
 
-def _http_error(response: httpx.Response, call: _Call, *, initializing: bool) -> PoolError:
+def _http_error(response: httpx.Response, call: Call, *, initializing: bool) -> PoolError:
     status = response.status_code
-    said = _pool_message(response)
+    said = pool_message(response)
     detail = f" The endpoint said: {said}{'' if said.endswith(('.', '!', '?', '…')) else '.'}" if said else ""
     if status == 401:
         return PoolError(
@@ -259,7 +259,7 @@ def _http_error(response: httpx.Response, call: _Call, *, initializing: bool) ->
             f"The pool's MCP endpoint rejected the request (HTTP 400).{detail}",
             status=400,
         )
-    return _status_error(response, call, PROTOCOL_VERSION)
+    return status_error(response, call, PROTOCOL_VERSION)
 
 
 def _rpc_result(response: httpx.Response, request_id: int) -> dict[str, Any]:
@@ -277,7 +277,7 @@ def _rpc_result(response: httpx.Response, request_id: int) -> dict[str, Any]:
         raise PoolError(
             PoolErrorKind.SERVER,
             f"The pool's MCP endpoint sent an answer that is not JSON-RPC (HTTP {response.status_code}): "
-            f"{_truncate(response.text) or 'empty'}. Check that DSMCP_POOL_ENDPOINT is the pool's "
+            f"{truncate(response.text) or 'empty'}. Check that DSMCP_POOL_ENDPOINT is the pool's "
             "mcpServerEndpoint.",
             status=response.status_code,
         )

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import logging
 import math
-import random
 import re
 import secrets
 import shlex
@@ -39,6 +37,15 @@ from dynamic_sessions_mcp.pools.base import (
     PoolInfo,
     PoolType,
 )
+from dynamic_sessions_mcp.pools.pool_http import (
+    Call,
+    backoff_s,
+    not_found,
+    retry_after_s,
+    status_error,
+    transport_error,
+    truncate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +66,6 @@ DEFAULT_STREAMS_MAX_LENGTH = 4096  # what current-contract pools cut at when not
 _RUNNING = frozenset({"running", "notstarted"})
 # Longer Python code goes to a Shell pool on stdin: one argv string is capped at 128 KiB by Linux.
 MAX_ARGV_CODE_BYTES = 64 * 1024
-MESSAGE_DETAIL_CHARS = 300
-MAX_BACKOFF_S = 8.0
 
 _CONNECT_TIMEOUT_S = 10.0
 _DEFAULT_READ_TIMEOUT_S = 30.0
@@ -93,28 +98,6 @@ class _Contract:
         return self._date >= "2025-10-02"
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One HTTP call to the pool and how to judge its failures."""
-
-    method: str
-    path: str  # already encoded, relative to the endpoint
-    query: Mapping[str, str]
-    timeout: httpx.Timeout
-    idempotent: bool
-    # Set on file calls: a 404 then means "no such file", not "pool at capacity".
-    file_path: str | None = None
-    # Set on execution look-ups: a 404 then means "no such execution".
-    execution_id: str | None = None
-    json: Any = None
-    files: Any = None
-    # A streamed request body (sent once: never retried) and its headers.
-    content: AsyncIterable[bytes] | None = None
-    headers: Mapping[str, str] | None = None
-    is_execution: bool = False
-    stream: bool = False  # leave the response body unread (the caller streams it)
-
-
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -135,11 +118,6 @@ def _relative(path: str) -> str:
 
 def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
-
-
-def _truncate(text: str, limit: int = MESSAGE_DETAIL_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class RestPool:
@@ -214,7 +192,7 @@ class RestPool:
                 f"(configured: {self._contract.api_version}).",
             )
         body = {**self._execution_body(kind, source, timeout_s), "executionType": "Asynchronous"}
-        call = _Call(
+        call = Call(
             "POST",
             "executions",
             self._query(identifier),
@@ -234,7 +212,7 @@ class RestPool:
     async def get_execution(
         self, identifier: str, kind: ExecutionKind, execution_id: str
     ) -> Execution | None:
-        call = _Call(
+        call = Call(
             "GET",
             f"executions/{_segment(execution_id)}",
             self._query(identifier),
@@ -248,7 +226,7 @@ class RestPool:
         directory, name = _split_file_path(path)
         timeout = self._upload_timeout()
         if self._contract.legacy:
-            call = _Call(
+            call = Call(
                 "POST",
                 "files/upload",
                 self._query(identifier),
@@ -258,7 +236,7 @@ class RestPool:
                 files={"file": (f"/mnt/data/{path}", data, "application/octet-stream")},
             )
             return _uploaded(_json_object(await self._send(call)), path, len(data), legacy=True)
-        call = _Call(
+        call = Call(
             "POST",
             "files",
             self._query(identifier, path=directory),
@@ -292,7 +270,7 @@ class RestPool:
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         if size is not None:
             headers["Content-Length"] = str(len(head) + size + len(tail))
-        call = _Call(
+        call = Call(
             "POST",
             url_path,
             query,
@@ -314,7 +292,7 @@ class RestPool:
                 async for chunk in response.aiter_bytes():
                     yield chunk
             except httpx.RequestError as exc:
-                raise _transport_error(exc, call) from exc
+                raise transport_error(exc, call) from exc
 
         return FileStream(
             content_type=response.headers.get("content-type"),
@@ -327,10 +305,10 @@ class RestPool:
         response = await self._send(self._download_call(identifier, path))
         return Download(data=response.content, content_type=response.headers.get("content-type"))
 
-    def _download_call(self, identifier: str, path: str) -> _Call:
+    def _download_call(self, identifier: str, path: str) -> Call:
         if self._contract.legacy:
             encoded = "/".join(_segment(part) for part in path.strip("/").split("/"))
-            return _Call(
+            return Call(
                 "GET",
                 f"files/content/{encoded}",
                 self._query(identifier),
@@ -339,7 +317,7 @@ class RestPool:
                 file_path=path,
             )
         directory, name = _split_file_path(path)
-        return _Call(
+        return Call(
             "GET",
             f"files/{_segment(name)}/content",
             self._query(identifier, path=directory),
@@ -364,15 +342,15 @@ class RestPool:
             )
             outcome = str(execution.result).strip("'\"")
             if outcome == "missing":
-                raise _not_found(path)
+                raise not_found(path)
             if not execution.succeeded or outcome != "deleted":
                 raise PoolError(
                     PoolErrorKind.SERVER,
-                    f"Could not delete /mnt/data/{path}: {_truncate(execution.stderr or 'unknown error')}",
+                    f"Could not delete /mnt/data/{path}: {truncate(execution.stderr or 'unknown error')}",
                 )
             return
         directory, name = _split_file_path(path)
-        call = _Call(
+        call = Call(
             "DELETE",
             f"files/{_segment(name)}",
             self._query(identifier, path=directory),
@@ -384,7 +362,7 @@ class RestPool:
 
     async def end_session(self, identifier: str) -> None:
         query = {"api-version": SESSION_DELETE_API_VERSION, "identifier": identifier}
-        call = _Call("DELETE", "session", query, self._timeout, idempotent=True)
+        call = Call("DELETE", "session", query, self._timeout, idempotent=True)
         try:
             await self._send(call)
         except PoolError as exc:
@@ -396,7 +374,7 @@ class RestPool:
     async def metadata(self) -> dict[str, Any]:
         """`GET metadata` (2025-02-02-preview and later): runtimes, packages, kernel."""
         query = {"api-version": self._contract.api_version}
-        call = _Call("GET", "metadata", query, self._timeout, idempotent=True)
+        call = Call("GET", "metadata", query, self._timeout, idempotent=True)
         return _json_object(await self._send(call))
 
     # ---- executions -------------------------------------------------------------------------
@@ -489,7 +467,7 @@ class RestPool:
     ) -> httpx.Response:
         read_s = timeout_s + self._execution_margin_s
         timeout = httpx.Timeout(connect=_CONNECT_TIMEOUT_S, read=read_s, write=read_s, pool=read_s)
-        call = _Call(
+        call = Call(
             "POST", path, self._query(identifier), timeout, idempotent=False, json=body, is_execution=True
         )
         return await self._send(call)
@@ -498,7 +476,7 @@ class RestPool:
 
     async def _list_current(self, identifier: str, directory: str, recursive: bool) -> list[FileInfo]:
         extra = {"recursive": "true"} if recursive else {}
-        call = _Call(
+        call = Call(
             "GET",
             "files",
             self._query(identifier, path=directory, **extra),
@@ -520,7 +498,7 @@ class RestPool:
         return found
 
     async def _list_legacy(self, identifier: str, directory: str, recursive: bool) -> list[FileInfo]:
-        call = _Call("GET", "files", self._query(identifier), self._timeout, idempotent=True)
+        call = Call("GET", "files", self._query(identifier), self._timeout, idempotent=True)
         payload = _json_object(await self._send(call))
         prefix = f"{directory}/" if directory else ""
         found: list[FileInfo] = []
@@ -546,7 +524,7 @@ class RestPool:
         query.update(extra)
         return query
 
-    async def _send(self, call: _Call) -> httpx.Response:
+    async def _send(self, call: Call) -> httpx.Response:
         """Send `call`, retrying only where that cannot run anything twice; 2xx or PoolError."""
         deadline = time.monotonic() + self._retry_budget_s
         attempt = 0
@@ -557,30 +535,30 @@ class RestPool:
                 # Nothing reached the pool. Executions retry only a refused/unreachable connect;
                 # a streamed body cannot be sent twice.
                 retryable = call.idempotent or (isinstance(exc, httpx.ConnectError) and call.content is None)
-                delay = _backoff(attempt)
+                delay = backoff_s(attempt)
                 if not retryable or time.monotonic() + delay > deadline:
-                    raise _transport_error(exc, call) from exc
+                    raise transport_error(exc, call) from exc
             except httpx.RequestError as exc:
-                raise _transport_error(exc, call) from exc
+                raise transport_error(exc, call) from exc
             else:
                 if response.is_success:
                     return response
                 if call.stream:
                     await response.aread()
                     await response.aclose()
-                retry_after = _retry_after_s(response)
-                delay = retry_after if retry_after is not None else _backoff(attempt)
+                retry_after = retry_after_s(response)
+                delay = retry_after if retry_after is not None else backoff_s(attempt)
                 if (
                     not call.idempotent
                     or response.status_code not in (429, 503)
                     or time.monotonic() + delay > deadline
                 ):
-                    raise _status_error(response, call, self._contract.api_version)
+                    raise status_error(response, call, self._contract.api_version)
             logger.debug("retrying %s %s in %.2f s (attempt %d)", call.method, call.path, delay, attempt + 2)
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _send_once(self, call: _Call) -> httpx.Response:
+    async def _send_once(self, call: Call) -> httpx.Response:
         url = f"{self._endpoint}/{call.path}?{urlencode(call.query, quote_via=quote, safe='')}"
         request = self._http.build_request(
             call.method,
@@ -885,152 +863,3 @@ def _decode_image(value: Mapping[str, Any]) -> Image | None:
         logger.warning("the pool returned an image whose base64 data cannot be decoded")
         return None
     return Image(format=str(value.get("format") or "png").lower(), data=data) if data else None
-
-
-# ---- errors and retries -------------------------------------------------------------------
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, ... capped at MAX_BACKOFF_S."""
-    return random.uniform(0.5, 1.0) * min(MAX_BACKOFF_S, 0.25 * 2.0**attempt)
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _pool_message(response: httpx.Response) -> str:
-    """The pool's own explanation (error.message, else the body or WWW-Authenticate), secrets removed."""
-    text = ""
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text = str(error["message"])
-        elif isinstance(payload.get("message"), str):
-            text = payload["message"]
-    elif response.content and not response.headers.get("content-type", "").startswith("text/html"):
-        text = response.text
-    if not text:
-        text = response.headers.get("www-authenticate", "")
-    authorization = response.request.headers.get("authorization", "")
-    token = authorization.partition(" ")[2].strip()
-    if token:
-        text = text.replace(token, "***")
-    return _truncate(text) if text else ""
-
-
-def _not_found(path: str) -> PoolError:
-    return PoolError(
-        PoolErrorKind.NOT_FOUND,
-        f"no such file: /mnt/data/{path} (use list_files to see what the session has).",
-        status=404,
-    )
-
-
-def _status_error(response: httpx.Response, call: _Call, api_version: str) -> PoolError:
-    status = response.status_code
-    said = _pool_message(response)
-    detail = f" The pool said: {said}{'' if said.endswith(('.', '!', '?', '…')) else '.'}" if said else ""
-    if status == 400:
-        kind = PoolErrorKind.BAD_REQUEST
-        message = (
-            f"The session pool rejected the request (HTTP 400).{detail} If simple requests fail too, the "
-            f"bridge's api-version ({api_version}) may not suit this pool (DSMCP_POOL_API_VERSION)."
-        )
-    elif status == 401:
-        kind = PoolErrorKind.AUTH
-        message = (
-            f"The session pool refused the bridge's credential (HTTP 401).{detail} The operator should "
-            "check DSMCP_POOL_AUTH and the token (DSMCP_POOL_TOKEN) or identity it uses (audience "
-            "https://dynamicsessions.io). "
-            "A role assignment made in the last few minutes may still be propagating: retry in a few minutes."
-        )
-    elif status == 403:
-        kind = PoolErrorKind.FORBIDDEN
-        message = (
-            f"The bridge's identity may not use this session pool (HTTP 403).{detail} The operator must "
-            'assign the role "Azure ContainerApps Session Executor" on the session pool to that identity '
-            "(it can take a few minutes to apply)."
-        )
-    elif status == 404 and call.file_path is not None:
-        return _not_found(call.file_path)
-    elif status == 404 and call.execution_id is not None:
-        return PoolError(
-            PoolErrorKind.NOT_FOUND,
-            "The session pool does not know this execution: its session was reset or ended, or the pool "
-            "no longer keeps its result.",
-            status=404,
-        )
-    elif status == 404:
-        kind = PoolErrorKind.CAPACITY
-        message = (
-            f"The session pool did not accept the session (HTTP 404): it is most likely at its maximum "
-            f"number of concurrent sessions.{detail} End unused sessions with end_session, or wait a few "
-            "minutes for idle sessions to expire, then retry."
-        )
-    elif status == 413:
-        kind = PoolErrorKind.TOO_LARGE
-        message = (
-            f"The session pool refused the request as too large (HTTP 413): files are limited to 128 MB."
-            f"{detail} Split or compress the data and try again."
-        )
-    elif status in (429, 503):
-        kind = PoolErrorKind.THROTTLED
-        wait = _retry_after_s(response)
-        when = f"in {math.ceil(wait)} s" if wait is not None else "in a few seconds"
-        rerun = " The code was not retried automatically." if call.is_execution else ""
-        message = f"The session pool is busy (HTTP {status}).{detail} Try again {when}.{rerun}"
-    elif status >= 500:
-        kind = PoolErrorKind.SERVER
-        message = (
-            f"The session pool failed (HTTP {status}).{detail} Try again; if it keeps failing the pool "
-            "may be unhealthy."
-        )
-    else:
-        kind = PoolErrorKind.BAD_REQUEST
-        message = f"The session pool rejected the request (HTTP {status}).{detail}"
-    return PoolError(kind, message, status=status)
-
-
-def _transport_error(exc: httpx.RequestError, call: _Call) -> PoolError:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return PoolError(
-            PoolErrorKind.CONNECTION,
-            "The bridge could not connect to the session pool (refused or unreachable). The pool may be "
-            "down or DSMCP_POOL_ENDPOINT may be wrong; try again shortly.",
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        if call.is_execution:
-            waited = call.timeout.read or 0.0
-            return PoolError(
-                PoolErrorKind.TIMEOUT,
-                f"The session pool did not answer within {waited:.0f} s. The code may still be running "
-                "and keep the session busy; end_session resets the session (variables and files are lost).",
-            )
-        return PoolError(PoolErrorKind.TIMEOUT, "The session pool did not answer in time; try again shortly.")
-    if not isinstance(exc, httpx.TransportError):  # e.g. an undecodable body
-        return PoolError(PoolErrorKind.SERVER, "The session pool's answer could not be read; try again.")
-    if call.is_execution:
-        return PoolError(
-            PoolErrorKind.CONNECTION,
-            "The connection to the session pool broke before the result arrived. The code may or may not "
-            "have run: check the session's state before running it again.",
-        )
-    return PoolError(
-        PoolErrorKind.CONNECTION,
-        "The connection to the session pool broke before its answer was complete; try again.",
-    )
