@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 import anyio
 import uvicorn
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from dynamic_sessions_mcp import __version__, stdio
 from dynamic_sessions_mcp.config import DEFAULT_API_VERSION, InboundAuth, PoolAuth, Settings
@@ -86,13 +88,59 @@ async def serve_stdio(settings: Settings) -> None:
         await stdio.serve_stdio(mcp)
 
 
-async def serve_http(settings: Settings, host: str, port: int) -> None:
+def _check_http(settings: Settings, host: str, workers: int) -> None:
     if not is_loopback(host) and settings.auth is InboundAuth.NONE:
         raise StartupError(
             f"refusing to serve on non-loopback address {host} without inbound authentication: set "
             "DSMCP_AUTH=api-key (with DSMCP_API_KEYS or DSMCP_API_KEYS_FILE) or DSMCP_AUTH=entra "
             "(with DSMCP_ENTRA_TENANT_ID and DSMCP_ENTRA_AUDIENCE), or bind 127.0.0.1"
         )
+    if workers < 1:
+        raise StartupError(f"--workers must be at least 1, not {workers}")
+    if workers == 1:
+        return
+    if not settings.pool_endpoint:
+        raise StartupError(
+            "several workers need a pool of their own (each worker would start its own embedded pool): "
+            "run `dynamic-sessions-mcp local-pool --token T` and set DSMCP_POOL_ENDPOINT and "
+            "DSMCP_POOL_TOKEN, or use one worker"
+        )
+    if settings.pool_auth is PoolAuth.API_KEY:
+        raise StartupError(
+            "an API-key pool (MCP endpoint) keeps session state in the process: use one worker"
+        )
+    if not settings.stateless_http:
+        raise StartupError(
+            "several workers need DSMCP_STATELESS_HTTP=true: a 2025-era client's Mcp-Session-Id lives "
+            "in one worker, and the next request may reach another"
+        )
+
+
+def http_app_from_environment() -> ASGIApp:
+    """The HTTP app of one worker process (uvicorn's factory when --workers > 1)."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_bridge_app(settings, lambda: pool_target(settings))
+
+
+def serve_http_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Several processes on one port; handles and pool identifiers agree through the shared secret."""
+    if settings.session_secret is None:
+        os.environ["DSMCP_SESSION_SECRET"] = secrets.token_hex(32)  # inherited by the workers
+    logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp with %d workers", host, port, workers)
+    uvicorn.run(
+        "dynamic_sessions_mcp.cli:http_app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,
+        lifespan="on",
+    )
+
+
+async def serve_http(settings: Settings, host: str, port: int) -> None:
     app = create_bridge_app(settings, lambda: pool_target(settings))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
     logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
@@ -114,6 +162,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     parser.add_argument("--host", default=settings.host, help="HTTP bind address (default %(default)s)")
     parser.add_argument("--port", type=int, default=settings.port, help="HTTP port (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help=f"HTTP worker processes (default {settings.workers})"
+    )
     sub = parser.add_subparsers(dest="command")
     pool = sub.add_parser("local-pool", help="run the embedded local session pool on its own")
     pool.add_argument("--host", dest="host", default="127.0.0.1")
@@ -151,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.transport == "stdio":
             anyio.run(serve_stdio, settings)
         else:
-            anyio.run(serve_http, settings, args.host, args.port)
+            workers = settings.workers if args.workers is None else args.workers
+            _check_http(settings, args.host, workers)
+            if workers > 1:
+                serve_http_workers(settings, args.host, args.port, workers)
+            else:
+                anyio.run(serve_http, settings, args.host, args.port)
     except (StartupError, PoolError, AuthConfigError) as exc:
         sys.exit(f"dynamic-sessions-mcp: {exc}")
     except KeyboardInterrupt:

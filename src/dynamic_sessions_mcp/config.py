@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stateless_http: bool = False
+    workers: int = Field(
+        default=1, ge=1, le=64, description="HTTP worker processes on one port (needs stateless mode)."
+    )
     public_url: str | None = Field(
         default=None,
         description="External base URL (https://host): OAuth resource metadata and signed file URLs.",

@@ -17,7 +17,7 @@ import pytest
 from tests.bridge.helpers import ok
 from tests.conftest import SESSION_SECRET, PoolServer
 from tests.hosting.conftest import ALICE_KEY, API_KEYS, BOB_KEY, INIT, MCP_HEADERS, mcp_client
-from tests.support.serve import free_port
+from tests.support.serve import free_port, wait_until_serving
 
 pytestmark = pytest.mark.anyio
 CODE_MARKER = "code_marker_5e1f"
@@ -54,16 +54,7 @@ def logged_server(python_pool: PoolServer) -> Iterator[tuple[str, subprocess.Pop
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.ConnectError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.1)
+    wait_until_serving(proc, url + "/healthz", logs=lambda: proc.communicate()[1])
     try:
         yield url + "/mcp", proc
     finally:

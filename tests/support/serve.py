@@ -7,12 +7,14 @@ HTTP), so sync fixtures can share one server across a whole test session.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -43,3 +45,24 @@ def serve_in_thread(app: Any, port: int | None = None, startup_timeout_s: float 
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def wait_until_serving(
+    proc: subprocess.Popen[Any],
+    health_url: str,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    logs: Callable[[], str] = lambda: "",
+    timeout_s: float = 90.0,
+) -> None:
+    """Wait for a server subprocess to answer `health_url` (and `ready()`); fail with its logs if it exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the server exited: {logs()}"
+        try:
+            if httpx.get(health_url).status_code == 200 and ready():
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
