@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 from mcp.server import MCPServer
 from mcp.types import ToolAnnotations
@@ -308,7 +309,10 @@ async def open_bridge(
             if on_connected is not None:
                 on_connected(pool)
             try:
-                yield build_server(state, pool.pool_type)
+                async with anyio.create_task_group() as background:
+                    background.start_soon(state.progress.run)
+                    yield build_server(state, pool.pool_type)
+                    background.cancel_scope.cancel()
             finally:
                 for identifier in sorted(state.process_identifiers):
                     await tools.release_identifier(state, identifier)

@@ -29,7 +29,7 @@ from dynamic_sessions_mcp.identity import (
     log_id,
 )
 from dynamic_sessions_mcp.local_files import LocalFiles, LocalPathRefused, read_chunks, write_atomically
-from dynamic_sessions_mcp.long_runs import ExecutionHandles, Report, handoff_margin_s, poll, with_progress
+from dynamic_sessions_mcp.long_runs import ExecutionHandles, ProgressTicker, Report, handoff_margin_s, poll
 from dynamic_sessions_mcp.paths import PathRefused, to_pool_path
 from dynamic_sessions_mcp.pools.base import Execution, ExecutionKind, Pool, PoolError, PoolErrorKind
 
@@ -79,6 +79,8 @@ class AppState:
     local_files: LocalFiles | None = None
     # Background runs started here, by pool identifier: a new execution there waits for them.
     background: dict[str, BackgroundRun] = field(default_factory=dict)
+    # Progress notifications for running executions (its task runs while the server does).
+    progress: ProgressTicker = field(default_factory=ProgressTicker)
 
 
 Ctx = Context[AppState]
@@ -268,7 +270,7 @@ async def _execute(
                 outcome = await _stoppable(
                     state,
                     target,
-                    lambda: with_progress(
+                    lambda: state.progress.around(
                         _reporter(ctx),
                         timeout,
                         lambda: _call(target, lambda: run(target.identifier, source, timeout)),
