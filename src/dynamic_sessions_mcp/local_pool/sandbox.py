@@ -131,10 +131,15 @@ def _data_fd(content: bytes) -> int:
     return fd
 
 
+# The server's interpreter without `..` (a relative start like `../.venv/bin/python` names a path
+# that does not exist inside the sandbox); symlinks stay, since the venv's python is one.
+PYTHON = os.path.abspath(sys.executable)
+
+
 def _runtime_prefixes() -> list[str]:
     """Directories holding the interpreter and its packages (venv and base install)."""
     prefixes: list[str] = []
-    for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
+    for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(PYTHON))):
         real = os.path.realpath(p)
         for candidate in (p, real):
             if candidate.startswith("/usr/") or candidate == "/usr":
@@ -209,7 +214,7 @@ class Sandbox:
     @property
     def python(self) -> str:
         """The interpreter sandboxed Python processes run (the server's own, at its host path)."""
-        return sys.executable
+        return PYTHON
 
     # ------------------------------------------------------------------ self-test
 
@@ -303,7 +308,7 @@ class Sandbox:
             outside.chmod(0o644)
             try:
                 launch = self._landlock_launch(
-                    session, [sys.executable, "-c", _LANDLOCK_PROBE, str(outside)], ()
+                    session, [PYTHON, "-c", _LANDLOCK_PROBE, str(outside)], ()
                 )
             except (OSError, SandboxUnavailable) as exc:
                 raise SandboxUnavailable(explain_landlock_failure(str(exc))) from exc
@@ -334,7 +339,7 @@ class Sandbox:
     def _env(self, *, home: str, mpl_dir: str) -> dict[str, str]:
         threads = str(self.limits.threads)
         env = {
-            "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{os.path.dirname(PYTHON)}:/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
             "USER": "user",
             "LANG": "C.UTF-8",
@@ -568,7 +573,7 @@ class Sandbox:
         found = _font_list_in(cache_dir)
         if found is None:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                PYTHON,
                 "-c",
                 "import matplotlib.font_manager",
                 env={**_minimal_env(), "MPLCONFIGDIR": str(cache_dir)},
