@@ -86,7 +86,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=300, help="samples per transport")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 30 samples")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 30
     with local_pool_process(DSMCP_LOCAL_WARM_SESSIONS="1") as (pool_url, _):
         report = anyio.run(latency, pool_url, args.n)
     print(f"{'transport':12} {'bridge p50':>10} {'p95':>7} {'floor p50':>9} {'REST p50':>8} {'overhead':>8}")

@@ -23,17 +23,13 @@ from typing import Any
 
 import httpx
 
+from common import percentile
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig
 from dynamic_sessions_mcp.local_pool.runner import running
 
 VERSION = "2025-10-02-preview"
 TOKEN = "bench-token"
 TARGETS_MS = {"first_call": 25.0, "warm_execute": 10.0, "cold_start": 1000.0}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -128,6 +124,8 @@ def memory_row(trees: list[tuple[int, int]]) -> dict[str, float]:
         "sandboxes": len(trees),
         "rss_mib": round(statistics.median(t[0] for t in trees) / 1024, 1),
         "pss_mib": round(statistics.median(t[1] for t in trees) / 1024, 1),
+        # Idle sandboxes one GiB of memory holds, by PSS (shared pages counted once across them).
+        "sandboxes_per_gib": int(1024 * 1024 / statistics.median(t[1] for t in trees)),
     }
 
 
@@ -195,7 +193,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{key:<28}{row['p50']:>10.1f}{row['p95']:>10.1f}{TARGETS_MS[target]:>9.0f} {verdict}")
     for key in ("idle_memory_bare", "idle_memory_data_stack"):
         row = results[key]
-        lines.append(f"{key:<28}RSS {row['rss_mib']:.1f} MiB, PSS {row['pss_mib']:.1f} MiB per session")
+        lines.append(
+            f"{key:<28}RSS {row['rss_mib']:.1f} MiB, PSS {row['pss_mib']:.1f} MiB per session: "
+            f"{row['sandboxes_per_gib']} sandboxes per GiB"
+        )
     return "\n".join(lines)
 
 
@@ -205,11 +206,13 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=10, help="cold-start samples")
     parser.add_argument("--memory", type=int, default=4, help="live sessions measured for memory")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few samples")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.cold, args.memory = 10, 3, 2
     results = asyncio.run(bench(args.n, args.cold, args.memory))
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     print(table(results))
-    print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
