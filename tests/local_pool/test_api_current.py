@@ -91,6 +91,18 @@ def test_operation_id_is_echoed_and_execution_can_be_read_back(py: Api, ident: s
     assert missing.json()["error"]["code"] == missing.headers["x-ms-error-code"]
 
 
+def test_kept_executions_are_bounded_by_their_output(py: Api, ident: str) -> None:
+    """GET executions/{id} keeps old runs, but not megabytes of output from each (pool memory)."""
+    mib = 1 << 20
+    body = {"code": f"print('x' * {3 * mib - 1})", "outputStreamsMaxLength": 4 * mib}
+    for n in range(1, 5):
+        r = py.call("POST", "executions", ident, json=body, headers={"operation-id": f"big-{n}"})
+        assert r.status_code == 200 and len(r.json()["result"]["stdout"]) == 3 * mib
+    kept = [py.call("GET", f"executions/big-{n}", ident).status_code for n in range(1, 5)]
+    assert kept == [404, 404, 200, 200]  # 8 MiB of output kept: the two newest runs
+    assert len(py.call("GET", "executions/big-4", ident).json()["result"]["stdout"]) == 3 * mib
+
+
 def test_asynchronous_execution_runs_in_the_background(py: Api, ident: str) -> None:
     r = py.execute(ident, executionType="Asynchronous", code="import time\ntime.sleep(1)\nprint('done')\n7")
     assert r.status_code == 200

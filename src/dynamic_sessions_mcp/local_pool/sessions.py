@@ -34,6 +34,9 @@ REFILL_CONCURRENCY = 2  # kernel starts in flight at once (each takes most of a 
 KERNEL_START_ATTEMPTS = 3
 REFILL_DELAY_S = 0.3
 MAX_EXECUTIONS_KEPT = 100  # per identifier, for GET executions/{id}
+# ... and at most this much of their output, so a session printing megabytes on every run does
+# not pile up 100 copies in the pool's memory. The newest execution is always kept.
+MAX_EXECUTION_OUTPUT_KEPT = 8 * 1024 * 1024
 _PROBE_TIMEOUT_S = 60.0
 # Run inside a sandbox at start: what the sandboxed interpreter really has installed.
 _PROBE = (
@@ -409,7 +412,9 @@ class SessionRegistry:
         kept = self._executions.setdefault(identifier, OrderedDict())
         kept[resource["id"]] = resource
         kept.move_to_end(resource["id"])
-        while len(kept) > MAX_EXECUTIONS_KEPT:
+        while len(kept) > MAX_EXECUTIONS_KEPT or (
+            len(kept) > 1 and sum(map(_output_size, kept.values())) > MAX_EXECUTION_OUTPUT_KEPT
+        ):
             kept.popitem(last=False)
 
     def find_execution(self, identifier: str, execution_id: str) -> dict[str, Any] | None:
@@ -439,3 +444,9 @@ class SessionRegistry:
             shutil.rmtree(probe_dir, ignore_errors=True)
         packages = [{"name": str(n), "version": str(v)} for n, v in found["packages"] if n]
         return PoolFacts(runtimes=runtimes, packages=packages, started_at=time.time())
+
+
+def _output_size(resource: dict[str, Any]) -> int:
+    """About how much memory a kept execution holds: its output text."""
+    body = resource.get("result") or {}
+    return sum(len(str(body.get(key, ""))) for key in ("stdout", "stderr", "executionResult"))
