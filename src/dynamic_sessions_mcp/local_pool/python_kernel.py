@@ -270,7 +270,9 @@ class PythonKernel:
     async def _connect(self) -> None:
         client = AsyncKernelClient(context=_zmq_context())
         client.load_connection_file(str(self._conn_dir / "kernel.json"))
-        client.start_channels()
+        # No heartbeat channel: its thread per kernel pings every second, and readiness and death
+        # are judged by the process instead (see _wait_ready).
+        client.start_channels(hb=False)
         self._client = client
         await self._wait_ready(client)
 

@@ -113,8 +113,10 @@ class SandboxProcess:
         every process of its session. Never hangs."""
         self.cgroup.kill()
         if self.process.returncode is None:
+            # os.kill, not send_signal: that polls the Popen, and reaping the child there (cgroup.kill
+            # may have killed it already) leaves asyncio's watcher to log "Unknown child process".
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGKILL)
+                os.kill(self.process.pid, signal.SIGKILL)
         if self.session_uid is not None:
             await asyncio.to_thread(confinement.kill_session, self.process.pid, self.session_uid)
         with contextlib.suppress(TimeoutError):
@@ -307,9 +309,7 @@ class Sandbox:
             outside.write_text("must stay unreadable")
             outside.chmod(0o644)
             try:
-                launch = self._landlock_launch(
-                    session, [PYTHON, "-c", _LANDLOCK_PROBE, str(outside)], ()
-                )
+                launch = self._landlock_launch(session, [PYTHON, "-c", _LANDLOCK_PROBE, str(outside)], ())
             except (OSError, SandboxUnavailable) as exc:
                 raise SandboxUnavailable(explain_landlock_failure(str(exc))) from exc
             assert launch.confine is not None
