@@ -61,45 +61,56 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 async def load(url: str, tool: str, clients: int, seconds: float, server_pid: int) -> dict[str, Any]:
-    """`clients` connected clients call `tool` back to back for `seconds` (connecting is not timed)."""
-    latencies: list[float] = []
+    """`clients` connected clients call `tool` back to back; measure `seconds` of steady state.
+
+    Steady state starts once every client has finished its first call (with 500 clients the
+    first round alone can outlast a short window); connecting is not measured.
+    """
+    done: list[tuple[float, float]] = []  # (finished at, latency) of each call
     errors = 0
+    connected = warmed = 0
+    all_connected, all_warmed, stop = anyio.Event(), anyio.Event(), anyio.Event()
     go = anyio.Event()
-    connected = 0
-    all_connected = anyio.Event()
 
     async def client_loop() -> None:
-        nonlocal connected, errors
+        nonlocal connected, warmed, errors
         async with Client(url, mode="legacy") as client:
             connected += 1
             if connected == clients:
                 all_connected.set()
             await go.wait()
-            while time.monotonic() < deadline:
+            first = True
+            while not stop.is_set():
                 started = time.perf_counter()
                 result = await client.call_tool(tool, TOOLS[tool])
-                latencies.append(time.perf_counter() - started)
+                finished = time.perf_counter()
+                done.append((finished, finished - started))
                 errors += bool(result.is_error)
+                if first:
+                    first = False
+                    warmed += 1
+                    if warmed == clients:
+                        all_warmed.set()
 
-    deadline = float("inf")
     async with anyio.create_task_group() as tg:
         for _ in range(clients):
             tg.start_soon(client_loop)
         await all_connected.wait()
-        cpu_before, wall_before = tree_cpu_seconds(server_pid), time.perf_counter()
-        deadline = time.monotonic() + seconds
         go.set()
+        await all_warmed.wait()
+        cpu_before, window_start = tree_cpu_seconds(server_pid), time.perf_counter()
         await anyio.sleep(seconds)
-        calls_at_deadline = len(latencies)
-        wall = time.perf_counter() - wall_before
         cpu = tree_cpu_seconds(server_pid) - cpu_before
-    ms = [s * 1000 for s in latencies]
+        window_end = time.perf_counter()
+        stop.set()
+    in_window = [latency for finished, latency in done if window_start <= finished < window_end]
+    ms = [s * 1000 for s in in_window]
     return {
-        "calls_per_s": round(calls_at_deadline / wall, 1),
+        "calls_per_s": round(len(in_window) / (window_end - window_start), 1),
         "p50_ms": round(statistics.median(ms), 1),
         "p95_ms": round(percentile(ms, 0.95), 1),
-        "server_cpu_ms_per_call": round(cpu * 1000 / max(1, calls_at_deadline), 2),
-        "calls": len(latencies),
+        "server_cpu_ms_per_call": round(cpu * 1000 / max(1, len(in_window)), 2),
+        "calls": len(in_window),
         "errors": errors,
     }
 

@@ -104,7 +104,16 @@ def _credential(r: dict[str, Any]) -> list[Row]:
 
 
 def _soak(r: dict[str, Any]) -> list[Row]:
-    return [row(f"soak: {key}", json.dumps(value)) for key, value in r.get("summary", {}).items()]
+    d, sessions = r["derived"], r["config"]["sessions"]
+    calls, errors = sum(r["calls"].values()), d["errors_total"]
+    drift = f"p50 x{d['latency_drift_p50']}, p95 x{d['latency_drift_p95']}"
+    memory = f"pool +{d['pool_rss_drift_kib']} KiB, bridge +{d['bridge_rss_drift_kib']} KiB"
+    return [
+        row(f"soak, {sessions} sessions: errors", f"{errors} in {calls} calls", "0", errors == 0),
+        row("soak: latency drift (last/first minute)", drift),
+        row("soak: memory drift over the soak", memory),
+        row("soak: sandboxes left over", str(d["leftovers_total"]), "0", d["leftovers_total"] == 0),
+    ]
 
 
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
