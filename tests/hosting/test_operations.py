@@ -100,6 +100,17 @@ def test_every_response_names_its_request_id(api_key_bridge: str) -> None:
     assert odd.headers["x-request-id"] != "bad id\twith spaces"
 
 
+def test_no_standalone_stream_is_offered_to_2025_sessions(api_key_bridge: str) -> None:
+    """The server sends nothing outside requests, so it holds no idle GET stream per client."""
+    headers = {**MCP_HEADERS, "X-API-Key": ALICE_KEY}
+    opened = httpx.post(api_key_bridge, json=INIT, headers=headers)
+    session = opened.headers["mcp-session-id"]
+    stream = httpx.get(
+        api_key_bridge, headers={**headers, "accept": "text/event-stream", "mcp-session-id": session}
+    )
+    assert stream.status_code == 405 and stream.headers["allow"] == "POST, DELETE"
+
+
 def test_dns_rebinding_protection_stays_on(api_key_bridge: str) -> None:
     headers = {**MCP_HEADERS, "X-API-Key": ALICE_KEY, "host": "evil.example"}
     assert httpx.post(api_key_bridge, json=INIT, headers=headers).status_code == 421
