@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from common import percentile
+from common import descendants, percentile, process_table, rss_pss_kib
 from dynamic_sessions_mcp.local_pool.config import LocalPoolConfig
 from dynamic_sessions_mcp.local_pool.runner import running
 
@@ -74,48 +74,13 @@ class Pool:
             await asyncio.sleep(0.05)
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(proc.name))
-    return tree
-
-
-def _memory_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in KiB from smaps_rollup."""
-    values = {"Rss:": 0, "Pss:": 0}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, *rest = line.split()
-            if key in values:
-                values[key] = int(rest[0])
-    except OSError:
-        pass
-    return values["Rss:"], values["Pss:"]
-
-
 def sandbox_trees() -> list[tuple[int, int]]:
     """(RSS, PSS) KiB of every sandbox this process started (bwrap and everything under it)."""
-    tree = _children()
+    table = process_table()
     result = []
-    for root in tree.get(os.getpid(), []):
-        pids, stack = [], [root]
-        while stack:
-            pid = stack.pop()
-            pids.append(pid)
-            stack.extend(tree.get(pid, []))
-        rss = pss = 0
-        for pid in pids:
-            r, p = _memory_kib(pid)
-            rss, pss = rss + r, pss + p
-        result.append((rss, pss))
+    for root in (pid for pid, (ppid, _) in table.items() if ppid == os.getpid()):
+        memory = [rss_pss_kib(pid) for pid in (root, *descendants(root, table))]
+        result.append((sum(m[0] for m in memory), sum(m[1] for m in memory)))
     return result
 
 

@@ -29,32 +29,23 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from common import bridge_env, bridge_http, cpu_seconds, instant_pool, percentile, status_kib
+from common import (
+    bridge_env,
+    bridge_http,
+    cpu_seconds,
+    descendants,
+    instant_pool,
+    percentile,
+    process_table,
+    status_kib,
+)
 
 TOOLS: dict[str, dict[str, Any]] = {"noop": {}, "run_python": {"code": "6*7"}}
 
 
-def tree_pids(root: int) -> list[int]:
-    """`root` and its descendants (uvicorn's worker processes)."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-    pids, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        pids.append(pid)
-        stack.extend(children.get(pid, []))
-    return pids
-
-
 def tree_cpu_seconds(root: int) -> float:
     total = 0.0
-    for pid in tree_pids(root):
+    for pid in (root, *descendants(root, process_table())):
         with contextlib.suppress(OSError):  # a process that ended meanwhile
             total += cpu_seconds(pid)
     return total

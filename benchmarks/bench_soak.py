@@ -29,7 +29,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,51 +45,24 @@ from mcp.types import CallToolResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import POOL_TOKEN, bridge_env, bridge_http, cpu_seconds, status_kib, summary_ms
-from tests.support.serve import free_port  # on sys.path through common
+from common import (
+    API_VERSION,
+    POOL_TOKEN,
+    bridge_env,
+    bridge_http,
+    cpu_seconds,
+    descendants,
+    local_pool_process,
+    process_table,
+    rss_pss_kib,
+    status_kib,
+    summary_ms,
+)
 
-API_VERSION = "2025-10-02-preview"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 # ------------------------------------------------------------------------------ /proc
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, comm) of every process now."""
-    table: dict[int, tuple[int, str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        table[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), comm)
-    return table
-
-
-def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, (ppid, _comm) in table.items():
-        children[ppid].append(pid)
-    out, stack = [], list(children[root])
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children[pid])
-    return out
-
-
-def rss_pss_kib(pid: int) -> tuple[int, int]:
-    values = {"Rss:": 0, "Pss:": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, *rest = line.split()
-            if key in values:
-                values[key] = int(rest[0])
-    return values["Rss:"], values["Pss:"]
-
-
 def sandbox_count(pool_pid: int, table: dict[int, tuple[int, str]] | None = None) -> int:
     """bwrap processes the pool started: one per sandbox (live, warm or starting)."""
     table = table if table is not None else process_table()
@@ -187,44 +159,27 @@ def session_dirs(data_dir: Path) -> int:
 
 # ------------------------------------------------------------------------------ the pool
 @contextlib.contextmanager
-def local_pool_process(max_sessions: int, warm: int, data_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """`dynamic-sessions-mcp local-pool` in its own process: yield (URL, pid)."""
-    port = free_port()
-    env = {
-        **os.environ,
+def soak_pool(max_sessions: int, warm: int, data_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """The local pool in its own process, its warm kernels ready: yield (URL, pid)."""
+    settings = {
         "DSMCP_LOCAL_MAX_SESSIONS": str(max_sessions),
         "DSMCP_LOCAL_WARM_SESSIONS": str(warm),
         "DSMCP_LOCAL_DATA_DIR": str(data_dir),
-        "DSMCP_LOG_LEVEL": "WARNING",
     }
-    argv = [sys.executable, "-m", "dynamic_sessions_mcp", "local-pool", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen([*argv, "--token", POOL_TOKEN], env=env, stderr=log_file)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the local pool exited with {proc.returncode}; see {log}")
-                with contextlib.suppress(httpx.TransportError):
-                    r = httpx.get(
-                        url + "/metadata",
-                        params={"api-version": API_VERSION},
-                        headers={"Authorization": f"Bearer {POOL_TOKEN}"},
-                    )
-                    if r.status_code == 200 and r.json()["readySessions"] >= warm:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the local pool did not come up in 120 s")
-                time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with log.open("wb") as log_file, local_pool_process(log_file, **settings) as (url, pid):
+        deadline = time.monotonic() + 120
+        while True:
+            r = httpx.get(
+                url + "/metadata",
+                params={"api-version": API_VERSION},
+                headers={"Authorization": f"Bearer {POOL_TOKEN}"},
+            )
+            if r.status_code == 200 and r.json()["readySessions"] >= warm:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local pool's warm kernels were not ready in 120 s")
+            time.sleep(0.2)
+        yield url, pid
 
 
 class PoolView:
@@ -741,7 +696,7 @@ def main() -> None:
         data_dir, log = Path(tmp) / "data", Path(tmp) / "pool.log"
         data_dir.mkdir()
         # Room for every session plus the warm kernels and a margin: capacity is not under test.
-        with local_pool_process(args.sessions + args.warm + 8, args.warm, data_dir, log) as (url, pool_pid):
+        with soak_pool(args.sessions + args.warm + 8, args.warm, data_dir, log) as (url, pool_pid):
             report = anyio.run(soak, args, url, pool_pid, data_dir)
         pool_log = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     report["config"] = config

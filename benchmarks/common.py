@@ -7,14 +7,17 @@ memory and CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -54,6 +57,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every process now."""
+    table: dict[int, tuple[int, str]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        table[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), comm)
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    """Every process below `root` (not `root` itself)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _comm) in table.items():
+        children[ppid].append(pid)
+    out, stack = [], list(children[root])
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children[pid])
+    return out
+
+
+def rss_pss_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process in KiB, from smaps_rollup; (0, 0) once it is gone."""
+    values = {"Rss:": 0, "Pss:": 0}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, *rest = line.split()
+            if key in values:
+                values[key] = int(rest[0])
+    return values["Rss:"], values["Pss:"]
+
+
 def wait_healthy(url: str, timeout_s: float = 60.0, headers: Mapping[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -86,44 +128,35 @@ def subprocess_server(
     health_url: str,
     env: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Iterator[int]:
     """Start a server process, wait for `health_url`, yield its pid; terminate it afterwards."""
-    proc = subprocess.Popen(argv, env=dict(env) if env is not None else None)
+    proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, stderr=stderr)
     try:
         wait_healthy(health_url, headers=headers)
         yield proc.pid
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
 
 @contextmanager
-def local_pool_process(**settings: str) -> Iterator[tuple[str, int]]:
+def local_pool_process(log: IO[bytes] | None = None, **settings: str) -> Iterator[tuple[str, int]]:
     """`dynamic-sessions-mcp local-pool` (token POOL_TOKEN) in its own process: yield (URL, pid).
 
-    `settings` adds to the environment, e.g. DSMCP_LOCAL_MAX_SESSIONS="250".
+    `settings` adds to the environment, e.g. DSMCP_LOCAL_MAX_SESSIONS="250"; `log` takes its stderr.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "dynamic_sessions_mcp",
-        "local-pool",
-        "--port",
-        str(port),
-        "--token",
-        POOL_TOKEN,
-    ]
+    argv = [sys.executable, "-m", "dynamic_sessions_mcp", "local-pool", "--port", str(port)]
     env = {**os.environ, "DSMCP_LOG_LEVEL": "WARNING", **settings}
     health = f"{url}/metadata?api-version={API_VERSION}"
-    with subprocess_server(
-        [*argv, "--token", POOL_TOKEN], health, env, {"Authorization": f"Bearer {POOL_TOKEN}"}
-    ) as pid:
+    auth = {"Authorization": f"Bearer {POOL_TOKEN}"}
+    with subprocess_server([*argv, "--token", POOL_TOKEN], health, env, auth, log) as pid:
         yield url, pid
 
 
