@@ -123,6 +123,22 @@ def test_asynchronous_execution_runs_in_the_background(py: Api, ident: str) -> N
     assert done["result"]["stdout"] == "done\n" and done["result"]["executionResult"] == 7
 
 
+def test_ending_a_session_mid_run_leaves_the_pool_responsive(py: Api, ident: str) -> None:
+    """Ending a session whose code is still running stops the run; the pool answers meanwhile."""
+    r = py.execute(ident, executionType="Asynchronous", code="while True:\n    pass", timeoutInSeconds=60)
+    assert r.status_code == 200
+    time.sleep(0.5)  # the loop is running in the kernel
+    assert py.call("DELETE", "session", ident).status_code in (200, 204)
+    slowest = 0.0
+    for _ in range(20):
+        started = time.monotonic()
+        assert py.client.get("metadata", params={"api-version": LATEST}).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.05)
+    assert slowest < 1.0, slowest
+    assert py.session(ident).status_code == 404
+
+
 def test_runaway_loop_is_killed_by_its_timeout_and_the_session_is_reset(py: Api, ident: str) -> None:
     py.run(ident, "kept = 1")
     etag = py.session(ident).json()["etag"]

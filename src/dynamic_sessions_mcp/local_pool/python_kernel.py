@@ -349,7 +349,10 @@ class PythonKernel:
                     f"execution exceeded {timeout_s:g} s and was stopped; the interrupt did not "
                     "work, so the session's sandbox was killed and its state is lost",
                 )
-            if not self._proc.alive:
+            # After shutdown() the channels are closed and get_iopub_msg fails at once, without
+            # yielding: checking only the process (whose exit asyncio learns on a later loop turn)
+            # spun here and froze the pool until the deadline.
+            if self._closed or not self._proc.alive:
                 return collected.outcome("died", started, await self._death_message())
             try:
                 msg = await client.get_iopub_msg(timeout=_POLL_S)
