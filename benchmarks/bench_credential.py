@@ -126,15 +126,21 @@ async def fetches_for(
     return {
         "lifetime_s": lifetime_s,
         "refresh_margin_s": margin_s,
+        **counts(run, credential),
+        "expected": expected,
+        "fetches_per_10k_calls": round(credential.fetches * 10_000 / run.calls, 2),
+        "ok": run.errors == 0 and abs(credential.fetches - expected) <= 1,
+    }
+
+
+def counts(run: Run, credential: CountingCredential) -> dict[str, Any]:
+    return {
         "calls": run.calls,
         "errors": run.errors,
         "first_error": run.first_error,
         "seconds": round(run.seconds, 2),
         "calls_per_s": round(run.calls / run.seconds, 1),
         "fetches": credential.fetches,
-        "expected": expected,
-        "fetches_per_10k_calls": round(credential.fetches * 10_000 / run.calls, 2),
-        "ok": run.errors == 0 and abs(credential.fetches - expected) <= 1,
     }
 
 
@@ -159,12 +165,7 @@ async def checked_by_pool(pool_url: str, calls: int, callers: int) -> dict[str, 
         refused = (await client.call_tool("list_files", {})).is_error
     logging.disable(logging.NOTSET)
     return {
-        "calls": run.calls,
-        "errors": run.errors,
-        "first_error": run.first_error,
-        "seconds": round(run.seconds, 2),
-        "calls_per_s": round(run.calls / run.seconds, 1),
-        "fetches": credential.fetches,
+        **counts(run, credential),
         "run_python_6x7_ok": python_ok,
         "wrong_token_refused": refused,
         # A 401 drops the cached token and the request is sent once more with a fresh one.

@@ -177,14 +177,18 @@ class Moves:
         return elapsed
 
     # local paths (stdio)
-    async def local_up(self, pool_path: str, source: Source) -> float:
+    async def upload(self, pool_path: str, source: Source, how: str, args: dict[str, str]) -> float:
+        """Timed upload_file with `args`; then the size it reports and the bytes in the pool are checked."""
         started = time.perf_counter()
-        out = await self.call("upload_file", {"path": pool_path, "local_path": str(source.path)})
+        out = await self.call("upload_file", {"path": pool_path, **args})
         elapsed = time.perf_counter() - started
         if out["size"] != source.size:
-            raise RuntimeError(f"upload_file(local_path) wrote {out['size']} bytes, not {source.size}")
+            raise RuntimeError(f"upload_file({how}) wrote {out['size']} bytes, not {source.size}")
         await self.check_in_pool(pool_path, source)
         return elapsed
+
+    async def local_up(self, pool_path: str, source: Source) -> float:
+        return await self.upload(pool_path, source, "local_path", {"local_path": str(source.path)})
 
     async def local_down(self, pool_path: str, source: Source) -> float:
         target = self.workdir / "received.bin"
@@ -198,13 +202,7 @@ class Moves:
     # base64 content / embedded resource (both transports)
     async def base64_up(self, pool_path: str, source: Source) -> float:
         content = base64.b64encode(source.path.read_bytes()).decode()
-        started = time.perf_counter()
-        out = await self.call("upload_file", {"path": pool_path, "content": content, "encoding": "base64"})
-        elapsed = time.perf_counter() - started
-        if out["size"] != source.size:
-            raise RuntimeError(f"upload_file(base64) wrote {out['size']} bytes, not {source.size}")
-        await self.check_in_pool(pool_path, source)
-        return elapsed
+        return await self.upload(pool_path, source, "base64", {"content": content, "encoding": "base64"})
 
     async def base64_down(self, pool_path: str, source: Source) -> float:
         started = time.perf_counter()
