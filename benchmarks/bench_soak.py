@@ -29,7 +29,6 @@ import json
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -42,8 +41,6 @@ import anyio
 import httpx
 from mcp import Client
 from mcp.types import CallToolResult
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     API_VERSION,
